@@ -1,0 +1,243 @@
+"""Typed configuration: dataclasses loaded from YAML presets with ``key=value`` overrides.
+
+Units: positions Å, energies and temperature τ in eV, forces eV/Å.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from energies.config import EnergyConfig
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+# Elements the controller can embed (one-hot). Covers SPICE (H Li B C N O F Na Mg Si P S Cl K Ca Br I).
+DEFAULT_ELEMENTS = [1, 3, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 19, 20, 35, 53]
+
+
+class ConfigError(ValueError):
+    """A preset or override is invalid (unknown key, wrong type, unreadable file)."""
+
+
+@dataclass
+class ModelConfig:
+    """EGNN controller size. Reference: 12 layers x 128 hidden."""
+
+    layers: int = 12
+    hidden: int = 128
+    elements: list = field(default_factory=lambda: list(DEFAULT_ELEMENTS))
+    time_features: int = 8  # sin/cos pairs of t fed to nodes beside t itself
+    max_output_norm: float = 300.0  # per-atom cap on v (2x the default score clip); 0 = off
+
+
+@dataclass
+class SDEConfig:
+    """Base process and integration. Geometric: σ_min, σ_max (Å); linear: σ."""
+
+    schedule: str = "geometric"
+    sigma_min: float = 1e-3
+    sigma_max: float = 1.0
+    sigma: float = 1.0
+    train_nfe: int = 500
+    eval_nfe: int = 1000
+    grid: str = "quadratic-linear"
+
+
+@dataclass
+class LossConfig:
+    """τ (eV), per-atom score clip, regularizer weight α_reg, and the p_base term switch."""
+
+    tau: float = 5e-3
+    max_score_norm: float = 150.0
+    reg_alpha: float = 100.0
+    use_pbase: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Training molecules: a list file (plain or SPICE layout) and/or inline SMILES."""
+
+    molecules: Optional[str] = None
+    smiles: list = field(default_factory=list)
+    limit: int = 0  # 0 = all molecules of the file
+    duplicates: int = 8
+    max_atoms: int = 80
+    allow_fragments: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5000
+    samples_per_epoch: int = 128
+    batch_size: int = 64
+    grad_steps: int = 100
+    buffer_size: int = 1000
+    lr: float = 1e-4
+    grad_clip: float = 0.0  # 0 = off
+    eval_every: int = 50
+    eval_samples: int = 64
+    checkpoint_every: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
+
+
+@dataclass
+class SampleConfig:
+    """Conformers drawn after training (the README's main job)."""
+
+    smiles: str = ""
+    n: int = 0
+    out: str = "samples.sdf"
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sde: SDEConfig = field(default_factory=SDEConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the declared field type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+        if tp is int and float(value) != int(value):
+            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+        return str(value)
+    if tp is list or origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return list(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _field_types(obj: Any) -> dict:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def set_key(cfg: Any, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` on nested dataclasses. A bare section name (``energy=xtb``) sets its ``name``."""
+    parts = dotted.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        types = _field_types(obj)
+        prefix = ".".join(parts[:i]) or "<top level>"
+        if part not in types:
+            raise ConfigError(f"unknown config key '{dotted}' (valid under {prefix}: {', '.join(types)})")
+        current = getattr(obj, part)
+        last = i == len(parts) - 1
+        if dataclasses.is_dataclass(current):
+            if last:
+                if isinstance(value, dict):
+                    for k, v in value.items():
+                        set_key(current, k, v)
+                    return
+                if "name" in _field_types(current):
+                    current.name = _coerce(value, str, dotted)
+                    return
+                raise ConfigError(f"config key '{dotted}' is a section; set one of its keys")
+            obj = current
+            continue
+        if not last:
+            if isinstance(current, dict):  # free-form options dict: energy.options.foo=1
+                current[".".join(parts[i + 1:])] = value
+                return
+            raise ConfigError(f"unknown config key '{dotted}' ('{part}' has no sub-keys)")
+        setattr(obj, part, _coerce(value, types[part], dotted))
+
+
+def _apply_mapping(cfg: Any, mapping: dict, prefix: str = "") -> None:
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        target = cfg
+        for part in key.split(".")[:-1]:
+            target = getattr(target, part, None)
+        leaf = getattr(target, key.split(".")[-1], None) if target is not None else None
+        if isinstance(v, dict) and dataclasses.is_dataclass(leaf):
+            _apply_mapping(cfg, v, prefix=f"{key}.")
+        else:
+            set_key(cfg, key, v)
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"preset file not found: {path}")
+        return path
+    path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+        raise ConfigError(f"unknown preset '{name_or_path}' (known: {known})")
+    return path
+
+
+def load_config(preset: Optional[str] = "quick", overrides: Optional[list] = None) -> Config:
+    """Load a preset (name in adjoint_sampling/presets or a YAML path) and apply ``key=value`` overrides."""
+    cfg = Config()
+    if preset:
+        path = resolve_preset(preset)
+        try:
+            mapping = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse preset {path}: {exc}".splitlines()[0]) from None
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"preset {path} must be a mapping of keys to values")
+        _apply_mapping(cfg, mapping)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        set_key(cfg, key.strip(), value)
+    return cfg
+
+
+def config_from_dict(mapping: dict) -> Config:
+    """Rebuild a Config saved with ``to_dict`` (e.g. from a checkpoint)."""
+    cfg = Config()
+    _apply_mapping(cfg, mapping)
+    return cfg

@@ -1,0 +1,232 @@
+"""Molecular graphs from SMILES (RDKit, explicit hydrogens) and their batching as plain tensors.
+
+Atom order is always that of ``Chem.AddHs(Chem.MolFromSmiles(smiles))``: the order in which
+samples are generated, stored and written out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from rdkit import Chem, RDLogger
+
+RDLogger.DisableLog("rdApp.*")
+
+
+class InvalidMoleculeError(ValueError):
+    """A SMILES string or molecule file entry cannot be used."""
+
+
+@dataclass
+class MoleculeGraph:
+    """One molecule: atomic numbers, bonds and charge, plus its fully connected edge list.
+
+    edge_index: [2, E] directed pairs (i != j) of the fully connected graph;
+    bonded: [E] 1.0 where the pair is a covalent bond in the SMILES graph.
+    """
+
+    smiles: str
+    name: str
+    mol: Chem.Mol
+    numbers: torch.Tensor
+    bonds: torch.Tensor  # [2, n_bonds], i < j
+    formal_charges: torch.Tensor
+    charge: int
+    edge_index: torch.Tensor
+    bonded: torch.Tensor
+    spin: int = 1
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+
+def mol_from_smiles(smiles: str, allow_fragments: bool = False) -> Chem.Mol:
+    """Parse SMILES with RDKit and add explicit hydrogens; raise InvalidMoleculeError if unusable."""
+    if not isinstance(smiles, str) or not smiles.strip():
+        raise InvalidMoleculeError("empty SMILES")
+    mol = Chem.MolFromSmiles(smiles.strip())
+    if mol is None:
+        raise InvalidMoleculeError(f"invalid SMILES '{smiles}'")
+    if not allow_fragments and len(Chem.GetMolFrags(mol)) > 1:
+        raise InvalidMoleculeError(
+            f"SMILES '{smiles}' has {len(Chem.GetMolFrags(mol))} fragments (set data.allow_fragments=true to allow)"
+        )
+    return Chem.AddHs(mol)
+
+
+def _fully_connected(n: int) -> torch.Tensor:
+    idx = torch.arange(n)
+    src = idx.repeat_interleave(n)
+    dst = idx.repeat(n)
+    keep = src != dst
+    return torch.stack([src[keep], dst[keep]])
+
+
+def graph_from_mol(mol: Chem.Mol, smiles: str, name: Optional[str] = None) -> MoleculeGraph:
+    """Build the graph of an RDKit molecule that already has explicit hydrogens."""
+    n = mol.GetNumAtoms()
+    numbers = torch.tensor([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=torch.long)
+    bonds = [(min(b.GetBeginAtomIdx(), b.GetEndAtomIdx()), max(b.GetBeginAtomIdx(), b.GetEndAtomIdx())) for b in mol.GetBonds()]
+    bonds_t = torch.tensor(bonds, dtype=torch.long).reshape(-1, 2).T
+    adjacency = torch.zeros(n, n, dtype=torch.bool)
+    if bonds:
+        adjacency[bonds_t[0], bonds_t[1]] = True
+        adjacency[bonds_t[1], bonds_t[0]] = True
+    edge_index = _fully_connected(n)
+    formal = torch.tensor([a.GetFormalCharge() for a in mol.GetAtoms()], dtype=torch.long)
+    radicals = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms())
+    return MoleculeGraph(
+        smiles=smiles,
+        name=name or smiles,
+        mol=mol,
+        numbers=numbers,
+        bonds=bonds_t,
+        formal_charges=formal,
+        charge=int(formal.sum()),
+        edge_index=edge_index,
+        bonded=adjacency[edge_index[0], edge_index[1]].float(),
+        spin=radicals + 1,
+    )
+
+
+def graph_from_smiles(
+    smiles: str, name: Optional[str] = None, allow_fragments: bool = False, max_atoms: int = 0
+) -> MoleculeGraph:
+    """SMILES -> MoleculeGraph with explicit hydrogens. Raises InvalidMoleculeError with the reason."""
+    mol = mol_from_smiles(smiles, allow_fragments=allow_fragments)
+    if max_atoms and mol.GetNumAtoms() > max_atoms:
+        raise InvalidMoleculeError(
+            f"molecule '{name or smiles}' has {mol.GetNumAtoms()} atoms, more than data.max_atoms={max_atoms}"
+        )
+    return graph_from_mol(mol, smiles, name)
+
+
+def point_cloud_graph(n_particles: int, name: str = "particles") -> MoleculeGraph:
+    """A system of identical particles (synthetic benchmarks): no bonds, element index 0."""
+    edge_index = _fully_connected(n_particles)
+    return MoleculeGraph(
+        smiles="",
+        name=name,
+        mol=None,
+        numbers=torch.zeros(n_particles, dtype=torch.long),
+        bonds=torch.zeros(2, 0, dtype=torch.long),
+        formal_charges=torch.zeros(n_particles, dtype=torch.long),
+        charge=0,
+        edge_index=edge_index,
+        bonded=torch.zeros(edge_index.shape[1]),
+    )
+
+
+def read_molecule_list(path: str | Path, limit: int = 0) -> list[tuple[str, str]]:
+    """Read (SMILES, id) pairs from a plain list (one SMILES per line, optional id after it)
+    or the SPICE layout (header line, then ``count  SMILES  id``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidMoleculeError(f"molecule list not found: {path}")
+    entries: list[tuple[str, str]] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        cols = line.split()
+        if lineno == 1 and any(c.lower() in ("smiles", "rotatable_bonds") for c in cols):
+            continue  # header of the SPICE layout
+        if len(cols) >= 3 and cols[0].isdigit():
+            smiles, name = cols[1], cols[2]
+        else:
+            smiles, name = cols[0], (cols[1] if len(cols) > 1 else cols[0])
+        entries.append((smiles, name))
+        if limit and len(entries) >= limit:
+            break
+    if not entries:
+        raise InvalidMoleculeError(f"molecule list {path} holds no SMILES")
+    return entries
+
+
+@dataclass
+class GraphBatch:
+    """Many molecules (each possibly several times) as flat tensors.
+
+    node_type [N] index into the controller's element vocabulary; numbers [N] atomic numbers;
+    batch [N] molecule-copy index; edge_index [2, E] into the flat atoms; bonded [E];
+    charges [B]; spins [B]; graphs: the MoleculeGraph of each copy (length B).
+    """
+
+    numbers: torch.Tensor
+    node_type: torch.Tensor
+    batch: torch.Tensor
+    edge_index: torch.Tensor
+    bonded: torch.Tensor
+    charges: torch.Tensor
+    spins: torch.Tensor
+    graphs: list = field(default_factory=list)
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self.graphs)
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+    def to(self, device: torch.device | str) -> "GraphBatch":
+        return GraphBatch(
+            numbers=self.numbers.to(device),
+            node_type=self.node_type.to(device),
+            batch=self.batch.to(device),
+            edge_index=self.edge_index.to(device),
+            bonded=self.bonded.to(device),
+            charges=self.charges.to(device),
+            spins=self.spins.to(device),
+            graphs=self.graphs,
+        )
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Split a per-atom tensor into one tensor per molecule copy."""
+        counts = [g.num_atoms for g in self.graphs]
+        return list(torch.split(x, counts))
+
+
+def element_index(elements: Sequence[int]) -> torch.Tensor:
+    """Lookup table atomic number -> vocabulary index (-1 where absent)."""
+    table = torch.full((119,), -1, dtype=torch.long)
+    table[torch.as_tensor(list(elements), dtype=torch.long)] = torch.arange(len(elements))
+    return table
+
+
+def check_elements(graph: MoleculeGraph, elements: Sequence[int]) -> None:
+    """Raise InvalidMoleculeError if the controller has no embedding for an element of ``graph``."""
+    if graph.mol is None:
+        return
+    missing = sorted(set(graph.numbers.tolist()) - set(int(z) for z in elements))
+    if missing:
+        symbols = ", ".join(Chem.GetPeriodicTable().GetElementSymbol(z) for z in missing)
+        raise InvalidMoleculeError(f"molecule '{graph.name}': element(s) {symbols} not in the model's element list")
+
+
+def collate(graphs: Sequence[MoleculeGraph], elements: Sequence[int]) -> GraphBatch:
+    """Concatenate molecule graphs (duplicates allowed) into one GraphBatch."""
+    if not graphs:
+        raise ValueError("cannot collate an empty list of graphs")
+    table = element_index(elements) if graphs[0].mol is not None else None
+    counts = torch.tensor([g.num_atoms for g in graphs])
+    offsets = torch.cumsum(counts, 0) - counts
+    numbers = torch.cat([g.numbers for g in graphs])
+    node_type = table[numbers] if table is not None else numbers.clone()
+    if (node_type < 0).any():
+        for g in graphs:
+            check_elements(g, elements)
+    return GraphBatch(
+        numbers=numbers,
+        node_type=node_type,
+        batch=torch.repeat_interleave(torch.arange(len(graphs)), counts),
+        edge_index=torch.cat([g.edge_index + o for g, o in zip(graphs, offsets.tolist())], dim=1),
+        bonded=torch.cat([g.bonded for g in graphs]),
+        charges=torch.tensor([g.charge for g in graphs], dtype=torch.long),
+        spins=torch.tensor([g.spin for g in graphs], dtype=torch.long),
+        graphs=list(graphs),
+    )
