@@ -1,0 +1,172 @@
+"""Generate conformers for (possibly unseen) SMILES from a trained checkpoint and write SDF/XYZ.
+
+Conformers keep the SMILES atom order (explicit H) and the SMILES bonds; nothing is perceived
+from coordinates except for the connectivity/stereo check flags written beside each conformer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from rdkit import Chem
+from rdkit.Chem import rdDetermineBonds
+from rdkit.Geometry import Point3D
+
+from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint
+from adjoint_sampling.config import Config, config_from_dict
+from adjoint_sampling.controllers import build_controller
+from adjoint_sampling.graphs import MoleculeGraph, check_elements, collate, graph_from_smiles
+from adjoint_sampling.schedules import make_schedule, time_grid
+from adjoint_sampling.sde import integrate
+
+
+class Sampler:
+    """A trained controller plus its SDE settings, ready to draw conformers (Å)."""
+
+    def __init__(self, cfg: Config, model: torch.nn.Module, device: torch.device):
+        self.cfg = cfg
+        self.model = model.eval()
+        self.device = device
+        self.schedule = make_schedule(cfg.sde.schedule, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.sigma)
+
+    def graph(self, smiles: str, name: Optional[str] = None) -> MoleculeGraph:
+        g = graph_from_smiles(smiles, name=name, allow_fragments=self.cfg.data.allow_fragments)
+        check_elements(g, self.cfg.model.elements)
+        return g
+
+    def sample_graph(self, graph: MoleculeGraph, n: int, seed: int = 0, nfe: Optional[int] = None,
+                     batch_size: int = 256) -> np.ndarray:
+        """n conformers [n, atoms, 3] (Å) of one molecule graph."""
+        if n < 1:
+            raise ValueError(f"number of samples must be >= 1, got {n}")
+        grid = time_grid(self.cfg.sde.grid, nfe or self.cfg.sde.eval_nfe)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        out = []
+        for start in range(0, n, batch_size):
+            k = min(batch_size, n - start)
+            graphs = collate([graph] * k, self.cfg.model.elements).to(self.device)
+            x1, _ = integrate(self.model, graphs, self.schedule, grid, 3, gen)
+            out.append(x1.double().cpu().numpy().reshape(k, graph.num_atoms, 3))
+        return np.concatenate(out)
+
+    def sample(self, smiles: str, n: int, seed: int = 0, nfe: Optional[int] = None) -> np.ndarray:
+        """n conformers [n, atoms, 3] (Å) in the atom order of Chem.AddHs(Chem.MolFromSmiles(smiles))."""
+        return self.sample_graph(self.graph(smiles), n, seed, nfe)
+
+
+def load_sampler(path: str | Path, device: str = "cpu") -> Sampler:
+    """Load a trained sampler from a checkpoint (weights_only; CheckpointError when unusable)."""
+    state = load_checkpoint(path, map_location=device)
+    try:
+        cfg = config_from_dict(state["config"])
+        model = build_controller(cfg.model)
+        model.load_state_dict(state["model"])
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not match this version's model: {str(exc).splitlines()[0]}") from None
+    dev = torch.device(device)
+    return Sampler(cfg, model.to(dev), dev)
+
+
+# ---------------------------------------------------------------------- checks and writers
+def connectivity_matches(mol: Chem.Mol, coords: np.ndarray) -> bool:
+    """True if bonds perceived from the coordinates equal the SMILES bonds (same atom order)."""
+    probe = Chem.RWMol(mol)
+    probe.RemoveAllConformers()
+    for b in list(probe.GetBonds()):
+        probe.RemoveBond(b.GetBeginAtomIdx(), b.GetEndAtomIdx())
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for i, p in enumerate(coords):
+        conf.SetAtomPosition(i, Point3D(*map(float, p)))
+    probe.AddConformer(conf, assignId=True)
+    try:
+        rdDetermineBonds.DetermineConnectivity(probe, charge=Chem.GetFormalCharge(mol))
+    except Exception:
+        return False
+    got = {tuple(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))) for b in probe.GetBonds()}
+    want = {tuple(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))) for b in mol.GetBonds()}
+    return got == want
+
+
+def _stereo_labels(mol: Chem.Mol) -> dict:
+    from rdkit.Chem import FindMolChiralCenters
+
+    labels = {("atom", i): lab for i, lab in FindMolChiralCenters(mol, includeUnassigned=False, useLegacyImplementation=False)}
+    for b in mol.GetBonds():
+        if b.GetStereo() in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ):
+            labels[("bond", b.GetIdx())] = str(b.GetStereo())
+    return labels
+
+
+def stereo_matches(mol: Chem.Mol, coords: np.ndarray) -> bool:
+    """True if every stereocentre / double bond specified in the SMILES has the same label in 3D."""
+    want = _stereo_labels(mol)
+    if not want:
+        return True
+    probe = Chem.Mol(mol)
+    probe.RemoveAllConformers()
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for i, p in enumerate(coords):
+        conf.SetAtomPosition(i, Point3D(*map(float, p)))
+    probe.AddConformer(conf, assignId=True)
+    Chem.AssignStereochemistryFrom3D(probe)
+    got = _stereo_labels(probe)
+    return all(got.get(k) == v for k, v in want.items())
+
+
+def conformer_mol(mol: Chem.Mol, coords: np.ndarray) -> Chem.Mol:
+    """A copy of ``mol`` (SMILES bonds) with ``coords`` (Å) as its only conformer."""
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    conf = Chem.Conformer(mol.GetNumAtoms())
+    for i, p in enumerate(coords):
+        conf.SetAtomPosition(i, Point3D(*map(float, p)))
+    out.AddConformer(conf, assignId=True)
+    return out
+
+
+@dataclass
+class ConformerRecord:
+    name: str
+    smiles: str
+    mol: Chem.Mol
+    coords: np.ndarray
+    energy: Optional[float] = None
+
+
+def write_conformers(records: Sequence[ConformerRecord], path: str | Path) -> dict:
+    """Write SDF (.sdf) or XYZ (.xyz) atomically; returns counts of flagged conformers."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".sdf", ".xyz"):
+        raise ValueError(f"output file must end in .sdf or .xyz, got '{path.name}'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    bad_conn = bad_stereo = 0
+    with open(tmp, "w") as f:
+        writer = Chem.SDWriter(f) if suffix == ".sdf" else None
+        for k, r in enumerate(records):
+            conn_ok = connectivity_matches(r.mol, r.coords)
+            stereo_ok = stereo_matches(r.mol, r.coords)
+            bad_conn += not conn_ok
+            bad_stereo += not stereo_ok
+            energy = "nan" if r.energy is None else f"{r.energy:.6f}"
+            if writer is not None:
+                m = conformer_mol(r.mol, r.coords)
+                m.SetProp("_Name", f"{r.name}_{k}")
+                m.SetProp("smiles", r.smiles)
+                m.SetProp("energy_eV", energy)
+                m.SetProp("connectivity_ok", str(int(conn_ok)))
+                m.SetProp("stereo_ok", str(int(stereo_ok)))
+                writer.write(m)
+            else:
+                f.write(f"{len(r.coords)}\n")
+                f.write(f"{r.name}_{k} smiles={r.smiles} energy_eV={energy} connectivity_ok={int(conn_ok)} stereo_ok={int(stereo_ok)}\n")
+                for atom, p in zip(r.mol.GetAtoms(), r.coords):
+                    f.write(f"{atom.GetSymbol():<2} {p[0]:14.8f} {p[1]:14.8f} {p[2]:14.8f}\n")
+        if writer is not None:
+            writer.close()
+    tmp.replace(path)
+    return {"written": len(records), "bad_connectivity": bad_conn, "bad_stereo": bad_stereo}

@@ -1,0 +1,314 @@
+"""The Adjoint Sampling loop: simulate + evaluate energies once, then many RAM gradient steps.
+
+Runs single-process or under ``torchrun`` (DDP): each rank simulates and evaluates its share of
+molecules into its own replay buffer; gradients are averaged across ranks.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from adjoint_sampling.buffer import BufferEntry, ReplayBuffer
+from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from adjoint_sampling.config import Config, to_dict
+from adjoint_sampling.controllers import EGNNController, build_controller
+from adjoint_sampling.graphs import GraphBatch, MoleculeGraph, collate
+from adjoint_sampling.loss import adjoint_target, log_pbase, ram_loss, soc_objective
+from adjoint_sampling.regularizer import regularizer_grad
+from adjoint_sampling.schedules import make_schedule, time_grid
+from adjoint_sampling.sde import integrate
+from energies.base import EnergyBatch, EnergyModel
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "metrics.csv"
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed() -> DistContext:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU, nccl on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("AS_DIST_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", ctx.rank)) % torch.cuda.device_count())
+    return torch.device(name)
+
+
+def energy_batch(graphs: GraphBatch, x: torch.Tensor) -> EnergyBatch:
+    """Positions of a GraphBatch as the energy contract's input (Å, float64 on CPU)."""
+    return EnergyBatch(
+        numbers=graphs.numbers.cpu(), positions=x.detach().double().cpu(), batch=graphs.batch.cpu(),
+        charges=graphs.charges.cpu(), spins=graphs.spins.cpu(),
+        mols=[g.mol for g in graphs.graphs], keys=[g.smiles or g.name for g in graphs.graphs],
+    )
+
+
+class Trainer:
+    """Owns the controller, optimizer, replay buffer and the energy; ``fit`` runs the epochs."""
+
+    def __init__(
+        self, cfg: Config, molecules: list[MoleculeGraph], energy: EnergyModel, run_dir: str | Path,
+        ctx: Optional[DistContext] = None, dim: int = 3, show_progress: bool = True,
+        log: Callable[[str], None] = print,
+    ):
+        if not molecules:
+            raise ValueError("no training molecules")
+        self.cfg = cfg
+        self.molecules = molecules
+        self.energy = energy
+        self.run_dir = Path(run_dir)
+        self.ctx = ctx or DistContext()
+        self.dim = dim
+        self.show_progress = show_progress and self.ctx.is_main
+        self.log = log if self.ctx.is_main else (lambda *_: None)
+        self.device = resolve_device(cfg.train.device, self.ctx)
+        self.elements = list(cfg.model.elements)
+
+        torch.manual_seed(cfg.train.seed)
+        self.model: EGNNController = build_controller(cfg.model).to(self.device)
+        self.ddp_model = self.model
+        if self.ctx.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.schedule = make_schedule(cfg.sde.schedule, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.sigma)
+        self.train_grid = time_grid(cfg.sde.grid, cfg.sde.train_nfe)
+        self.eval_grid = time_grid(cfg.sde.grid, cfg.sde.eval_nfe)
+        self.buffer = ReplayBuffer(cfg.train.buffer_size)
+        # one generator per rank: ranks draw different molecules and noise, reproducibly
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1000 + self.ctx.rank)
+        self.sim_gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 1000 + 17 + self.ctx.rank)
+        self.epoch = 0
+        self.total_failed = 0
+        self.best_soc = math.inf
+
+    # ------------------------------------------------------------------ sampling
+    def _molecule_indices(self, n_copies: int) -> list[int]:
+        """Molecule index of each copy for one rank: n_copies // duplicates molecules, each duplicated."""
+        dup = max(1, min(self.cfg.data.duplicates, n_copies))
+        n_mol = max(1, n_copies // dup)
+        picks = torch.randint(len(self.molecules), (n_mol,), generator=self.gen).tolist()
+        return [i for i in picks for _ in range(dup)]
+
+    def simulate(self, mol_indices: list[int], grid: torch.Tensor) -> tuple[GraphBatch, torch.Tensor, torch.Tensor]:
+        graphs = collate([self.molecules[i] for i in mol_indices], self.elements).to(self.device)
+        self.model.eval()
+        x1, cost = integrate(self.model, graphs, self.schedule, grid, self.dim, self.sim_gen)
+        self.model.train()
+        return graphs, x1, cost
+
+    def evaluate_energy(self, graphs: GraphBatch, x1: torch.Tensor):
+        """Energies (eV) [B], ∇E (eV/Å) [N, d] and a finite mask [B]."""
+        result = self.energy(energy_batch(graphs, x1))
+        ok = result.finite_mask(graphs.batch.cpu())
+        return result.energy.double(), (-result.forces).to(x1.dtype), ok
+
+    def collect(self) -> dict:
+        """Simulate this rank's share of the epoch's samples, evaluate E once, fill the buffer."""
+        per_rank = max(1, self.cfg.train.samples_per_epoch // self.ctx.world_size)
+        mol_idx = self._molecule_indices(per_rank)
+        t0 = time.time()
+        graphs, x1, _ = self.simulate(mol_idx, self.train_grid)
+        t1 = time.time()
+        energy, grad_e, ok = self.evaluate_energy(graphs, x1)
+        t2 = time.time()
+        grad_r = regularizer_grad(x1, graphs, self.cfg.loss.reg_alpha)
+        xs, ges, grs = graphs.split(x1.cpu()), graphs.split(grad_e.cpu()), graphs.split(grad_r.cpu())
+        for i, m in enumerate(mol_idx):
+            if ok[i]:
+                g = self.molecules[m]
+                self.buffer.add(BufferEntry(m, g.smiles or g.name, xs[i], ges[i], grs[i], float(energy[i])))
+        n_failed = int((~ok).sum())
+        self.total_failed += n_failed
+        finite = energy[ok]
+        return {
+            "n_samples": len(mol_idx), "n_failed": n_failed,
+            "energy_mean": float(finite.mean()) if len(finite) else float("nan"),
+            "energy_min": float(finite.min()) if len(finite) else float("nan"),
+            "sim_s": round(t1 - t0, 2), "energy_s": round(t2 - t1, 2),
+        }
+
+    # ------------------------------------------------------------------ learning
+    def minibatch(self, k: int) -> tuple[GraphBatch, torch.Tensor, torch.Tensor]:
+        entries = self.buffer.sample(k, self.gen)
+        graphs = collate([self.molecules[e.mol_index] for e in entries], self.elements).to(self.device)
+        x1 = torch.cat([e.x1 for e in entries]).to(self.device)
+        grad_e = torch.cat([e.grad_energy for e in entries]).to(self.device)
+        grad_r = torch.cat([e.grad_reg for e in entries]).to(self.device)
+        lc = self.cfg.loss
+        target = adjoint_target(x1, grad_e, grad_r, graphs, lc.tau, self.schedule.h1_sq, lc.max_score_norm, lc.use_pbase)
+        return graphs, x1, target
+
+    def train_steps(self) -> float:
+        """cfg.train.grad_steps RAM steps on minibatches from the buffer; returns the mean loss."""
+        losses = []
+        for _ in range(self.cfg.train.grad_steps):
+            graphs, x1, target = self.minibatch(self.cfg.train.batch_size)
+            loss = ram_loss(self.ddp_model, x1, target, graphs, self.schedule, self.gen)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.optimizer.step()
+            losses.append(loss.item())
+        return float(np.mean(losses)) if losses else float("nan")
+
+    @torch.no_grad()
+    def evaluate(self, n_samples: Optional[int] = None) -> dict:
+        """SOC objective and energy statistics of fresh samples (eval NFE grid)."""
+        n = n_samples or self.cfg.train.eval_samples
+        per_rank = max(1, n // self.ctx.world_size)
+        mol_idx = self._molecule_indices(per_rank)
+        graphs, x1, cost = self.simulate(mol_idx, self.eval_grid)
+        energy, _, ok = self.evaluate_energy(graphs, x1)
+        lp = log_pbase(x1, graphs, self.schedule.h1_sq).cpu()
+        soc = soc_objective(cost.cpu(), energy, lp, self.cfg.loss.tau)[ok]
+        stats = torch.tensor([soc.sum(), float(len(soc)), energy[ok].sum(), float((~ok).sum())], dtype=torch.float64)
+        if self.ctx.enabled:
+            dist.all_reduce(stats)
+        count = stats[1].item()
+        nan = float("nan")
+        return {
+            "soc": stats[0].item() / count if count else nan,
+            "eval_energy_mean": stats[2].item() / count if count else nan,
+            "eval_failed": int(stats[3].item()),
+        }
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        buffers = [self.buffer.state_dict()]
+        gens = [self.gen.get_state()]
+        if self.ctx.enabled:  # every rank's buffer and RNG go into the one checkpoint
+            gathered = [None] * self.ctx.world_size
+            dist.all_gather_object(gathered, (buffers[0], gens[0]))
+            buffers = [g[0] for g in gathered]
+            gens = [g[1] for g in gathered]
+        return {
+            "format": 1,
+            "epoch": self.epoch,
+            "config": to_dict(self.cfg),
+            "molecules": [[g.smiles, g.name] for g in self.molecules],
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "buffers": buffers,
+            "rng": {"gens": gens, "torch": torch.get_rng_state()},
+            "total_failed": self.total_failed,
+            "dim": self.dim,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = [tuple(m) for m in state.get("molecules", [])]
+        current = [(g.smiles, g.name) for g in self.molecules]
+        if saved != current:
+            raise CheckpointError("checkpoint was trained on a different molecule set than the one configured")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint does not match the configured model: {str(exc).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        buffers, gens = state["buffers"], state["rng"]["gens"]
+        r = self.ctx.rank if self.ctx.rank < len(buffers) else 0
+        self.buffer.load_state_dict(buffers[r])
+        self.gen.set_state(gens[r] if self.ctx.rank < len(gens) else gens[0])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.epoch = int(state["epoch"])
+        self.total_failed = int(state.get("total_failed", 0))
+
+    def save(self) -> Optional[Path]:
+        state = self.state_dict()  # collective under DDP: every rank must call it
+        if not self.ctx.is_main:
+            return None
+        path = self.run_dir / CHECKPOINT_NAME
+        save_checkpoint(state, path)
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def _write_log(self, row: dict) -> None:
+        if not self.ctx.is_main:
+            return
+        path = self.run_dir / LOG_NAME
+        fields = ["epoch", "time_s", "loss", "buffer", "n_samples", "n_failed", "energy_mean", "energy_min",
+                  "soc", "eval_energy_mean", "eval_failed", "sim_s", "energy_s", "train_s"]
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: row.get(k, "") for k in fields})
+
+    def fit(self) -> dict:
+        """Run epochs from self.epoch to cfg.train.epochs; checkpoint periodically and at the end."""
+        tc = self.cfg.train
+        start = time.time()
+        last: dict = {}
+        bar = tqdm(total=tc.epochs, initial=self.epoch, desc="train", disable=not self.show_progress, dynamic_ncols=True)
+        while self.epoch < tc.epochs:
+            row = {"epoch": self.epoch + 1}
+            row.update(self.collect())
+            row["buffer"] = len(self.buffer)
+            t0 = time.time()
+            row["loss"] = self.train_steps() if len(self.buffer) else float("nan")
+            row["train_s"] = round(time.time() - t0, 2)
+            self.epoch += 1
+            if tc.eval_every and (self.epoch % tc.eval_every == 0 or self.epoch == tc.epochs):
+                row.update(self.evaluate())
+            row["time_s"] = round(time.time() - start, 2)
+            self._write_log(row)
+            last = row
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3g}", E=f"{row['energy_mean']:.4g}", failed=self.total_failed)
+            out_of_time = tc.max_minutes > 0 and (time.time() - start) > 60 * tc.max_minutes
+            if self.ctx.enabled:  # all ranks must agree to stop, or the collectives deadlock
+                flag = torch.tensor([float(out_of_time)])
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                out_of_time = bool(flag.item())
+            if self.epoch % max(tc.checkpoint_every, 1) == 0 or self.epoch == tc.epochs or out_of_time:
+                self.save()
+            if out_of_time:
+                self.log(f"stopping after {self.epoch} epochs: train.max_minutes={tc.max_minutes} reached")
+                break
+        bar.close()
+        if self.total_failed:
+            self.log(f"{self.total_failed} samples had non-finite energies or forces and were kept out of the buffer")
+        return last
+
+
+def resume_state(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist")
+    return load_checkpoint(path)
