@@ -1,0 +1,203 @@
+"""Conformer generators compared by the benchmark, and optional relaxation of their samples.
+
+Method spec grammar: ``<base>[+<energy>]``
+  rdkit                 RDKit ETKDGv3 (seeded, multithreaded)
+  adjoint-sampling      a trained checkpoint (adjoint_sampling.sampling.load_sampler)
+  sdf:<dir>             conformers made by another tool, ``<dir>/<id>.sdf`` in any atom order
+  +<energy>             relax the samples with energies.make_energy(EnergyConfig(name=<energy>))
+                        (e.g. rdkit+mmff, rdkit+xtb, adjoint-sampling+xtb), same fmax for all.
+Every generator returns coordinates [n, N_atoms, 3] (Å) in the SMILES atom order
+(Chem.AddHs(Chem.MolFromSmiles(smiles))), with NaN rows for samples that failed.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from benchmark.mapping import MoleculeTemplate
+
+
+class MethodError(ValueError):
+    """A method spec is malformed or its generator cannot be built."""
+
+
+class MethodSkip(Exception):
+    """This method cannot handle this molecule (reason in the message); the run goes on."""
+
+
+@dataclass
+class GeneratedSamples:
+    coords: np.ndarray  # [n, N, 3] Å, SMILES atom order, NaN rows = failed
+    n_unmapped: int = 0  # produced but could not be mapped onto the SMILES (wrong connectivity)
+
+
+class Generator(Protocol):
+    name: str
+
+    def generate(self, mol_id: str, template: MoleculeTemplate, n: int, seed: int) -> GeneratedSamples: ...
+
+
+class RDKitGenerator:
+    """ETKDGv3 conformers; embeddings that fail leave NaN rows.
+
+    RDKit's randomSeed is ``seed + 1``: with randomSeed=0 EmbedMultipleConfs returns n identical
+    conformers (RDKit 2026.09), which would make every metric meaningless.
+    """
+
+    name = "rdkit"
+
+    def __init__(self, threads: int = 0):
+        self.threads = threads
+
+    def generate(self, mol_id, template, n, seed):
+        mol = Chem.Mol(template.mol)
+        params = AllChem.ETKDGv3()
+        params.randomSeed = int(seed) + 1
+        params.numThreads = int(self.threads)
+        cids = list(AllChem.EmbedMultipleConfs(mol, numConfs=int(n), params=params))
+        out = np.full((n, template.num_atoms, 3), np.nan)
+        for k, cid in enumerate(cids[:n]):
+            out[k] = mol.GetConformer(cid).GetPositions()
+        return GeneratedSamples(out)
+
+
+class AdjointSamplingGenerator:
+    """Samples of a trained Adjoint Sampling checkpoint (or any object with ``sample(smiles, n, seed)``)."""
+
+    name = "adjoint-sampling"
+
+    def __init__(self, checkpoint: Optional[str] = None, device: str = "cpu", sampler=None):
+        if sampler is None and not checkpoint:
+            raise MethodError("method 'adjoint-sampling' needs --checkpoint PATH")
+        self.checkpoint, self.device, self._sampler = checkpoint, device, sampler
+
+    @property
+    def sampler(self):
+        if self._sampler is None:
+            from adjoint_sampling.sampling import load_sampler
+
+            self._sampler = load_sampler(self.checkpoint, device=self.device)
+        return self._sampler
+
+    def generate(self, mol_id, template, n, seed):
+        try:
+            coords = np.asarray(self.sampler.sample(template.smiles, int(n), seed=int(seed)), dtype=np.float64)
+        except ValueError as exc:  # unsupported element etc.: skip this molecule for this method
+            raise MethodSkip(f"sampler refused {mol_id}: {str(exc).splitlines()[0]}") from None
+        if coords.shape != (n, template.num_atoms, 3):
+            raise MethodSkip(f"sampler returned shape {coords.shape}, expected {(n, template.num_atoms, 3)}")
+        return GeneratedSamples(coords)
+
+
+class SDFGenerator:
+    """Conformers read from ``<dir>/<id>.sdf`` (any atom order, mapped onto the SMILES)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise MethodError(f"sdf directory {self.directory} does not exist")
+        self.name = f"sdf:{self.directory.name}"
+
+    def generate(self, mol_id, template, n, seed):
+        path = self.directory / f"{mol_id}.sdf"
+        if not path.is_file():
+            raise MethodSkip(f"{mol_id}: no file {path}")
+        supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
+        rows, unmapped = [], 0
+        for mol in supplier:
+            if len(rows) >= n:
+                break
+            if mol is None or mol.GetNumConformers() == 0:
+                rows.append(np.full((template.num_atoms, 3), np.nan))
+                continue
+            numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+            mapped, _ = template.map_conformer(numbers, mol.GetConformer().GetPositions())
+            if mapped is None:
+                unmapped += 1
+                mapped = np.full((template.num_atoms, 3), np.nan)
+            rows.append(mapped)
+        if not rows:
+            raise MethodSkip(f"{mol_id}: {path} holds no conformers")
+        return GeneratedSamples(np.stack(rows), n_unmapped=unmapped)
+
+
+@dataclass
+class MethodSpec:
+    name: str  # label in the outputs
+    base: str  # generator key: "rdkit", "adjoint-sampling", "sdf:<dir>"
+    relax: Optional[str]  # energy name or None
+
+
+_ALIASES = {"as": "adjoint-sampling", "etkdg": "rdkit"}
+
+
+def parse_method(spec: str) -> MethodSpec:
+    """Parse ``<base>[+<energy>]`` (see module docstring)."""
+    spec = spec.strip()
+    if not spec:
+        raise MethodError("empty method name")
+    base, relax = spec, None
+    if "+" in spec:
+        head, tail = spec.rsplit("+", 1)
+        if tail and os.sep not in tail and not (spec.startswith("sdf:") and Path(spec[4:]).is_dir()):
+            base, relax = head, tail
+    base = _ALIASES.get(base, base)
+    if base.startswith("sdf:"):
+        if not base[4:]:
+            raise MethodError("method 'sdf:' needs a directory, e.g. sdf:/path/to/confs")
+        label = f"sdf:{Path(base[4:]).name}"
+    elif base in GENERATORS:
+        label = base
+    else:
+        known = ", ".join(sorted(GENERATORS)) + ", sdf:<dir>"
+        raise MethodError(f"unknown method {spec!r}; known: {known} (optionally +<energy>)")
+    return MethodSpec(name=label + (f"+{relax}" if relax else ""), base=base, relax=relax)
+
+
+# Registry: base name -> factory(options dict) -> Generator. Extend with register_generator.
+GENERATORS: dict[str, Callable[[dict], Generator]] = {
+    "rdkit": lambda o: RDKitGenerator(threads=o.get("threads", 0)),
+    "adjoint-sampling": lambda o: AdjointSamplingGenerator(o.get("checkpoint"), o.get("device", "cpu"), o.get("sampler")),
+}
+
+
+def register_generator(name: str, factory: Callable[[dict], Generator]) -> None:
+    """Make ``name`` (and ``name+<energy>``) usable as a benchmark method."""
+    GENERATORS[name] = factory
+
+
+def build_generator(base: str, options: dict) -> Generator:
+    """Generator for a parsed base name."""
+    if base.startswith("sdf:"):
+        return SDFGenerator(base[4:])
+    return GENERATORS[base](options)
+
+
+@dataclass
+class RelaxOutcome:
+    coords: np.ndarray  # [n, N, 3] Å, NaN rows where the input failed or relaxation diverged
+    n_converged: int
+    n_relaxed: int
+
+
+def relax_samples(energy, template: MoleculeTemplate, coords: np.ndarray, fmax: float, steps: int) -> RelaxOutcome:
+    """Relax the finite samples with ``energies.relax.relax_conformers`` (fmax in eV/Å)."""
+    from energies.relax import relax_conformers
+
+    ok = np.isfinite(coords).all(axis=(1, 2))
+    out = np.full_like(coords, np.nan)
+    if not ok.any():
+        return RelaxOutcome(out, 0, 0)
+    res = relax_conformers(energy, template.numbers, coords[ok], charge=template.charge, spin=1,
+                           mol=template.mol, fmax=fmax, steps=steps, optimizer="lbfgs")
+    relaxed = np.asarray(res.coords, dtype=np.float64).reshape(int(ok.sum()), template.num_atoms, 3)
+    energies_ = np.asarray(res.energies, dtype=np.float64).reshape(-1)
+    relaxed[~np.isfinite(energies_)] = np.nan  # diverged / failed evaluations become failed samples
+    out[ok] = relaxed
+    return RelaxOutcome(out, int(np.asarray(res.converged).sum()), int(ok.sum()))
