@@ -42,8 +42,8 @@ def load_training_molecules(cfg, energy) -> list:
     graphs = []
     for smiles, name in entries:
         g = graph_from_smiles(smiles, name=name, allow_fragments=cfg.data.allow_fragments, max_atoms=cfg.data.max_atoms)
-        check_elements(g, cfg.model.elements)
         energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name)
+        check_elements(g, cfg.model.elements)
         graphs.append(g)
     return graphs
 
@@ -74,6 +74,19 @@ def _resumed_config(state: dict, overrides: list):
     return cfg
 
 
+def _split_overrides(items: list) -> tuple[list, list]:
+    """Separate ``section.key=value`` items from SMILES (which may contain '=' themselves)."""
+    import dataclasses
+    import re
+
+    from adjoint_sampling.config import Config
+
+    sections = "|".join(f.name for f in dataclasses.fields(Config))
+    pattern = re.compile(rf"^({sections})(\.[A-Za-z_][\w.]*)?=")
+    overrides = [i for i in items if pattern.match(i)]
+    return [i for i in items if not pattern.match(i)], overrides
+
+
 def cmd_train(args) -> int:
     import yaml
 
@@ -82,10 +95,11 @@ def cmd_train(args) -> int:
     from energies import make_energy
 
     overrides = list(args.overrides)
+    if args.smiles:  # `--smiles A B key=value`: argparse hands the overrides to --smiles
+        args.smiles, extra = _split_overrides(args.smiles)
+        overrides += extra
     if args.molecules:
         overrides.append(f"data.molecules={args.molecules}")
-    if args.smiles:
-        overrides.append(f"data.smiles=[{','.join(args.smiles)}]")
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     cfg = load_config(args.preset, overrides)
@@ -102,6 +116,10 @@ def cmd_train(args) -> int:
     try:
         molecules = load_training_molecules(cfg, energy)
         _prepare_run_dir(run_dir, resume=bool(args.resume))
+        if ctx.enabled:  # every rank has validated the run dir before any rank writes to it
+            import torch.distributed as dist
+
+            dist.barrier()
         if ctx.is_main and not args.resume:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         trainer = Trainer(cfg, molecules, energy, run_dir, ctx=ctx, show_progress=not args.no_progress)

@@ -30,11 +30,17 @@ def _mlp(d_in: int, d_hidden: int, d_out: int, final_act: bool = True) -> nn.Seq
 class EGNNLayer(nn.Module):
     """One message-passing layer updating invariant features h and positions x."""
 
-    def __init__(self, hidden: int, edge_dim: int):
+    def __init__(self, hidden: int, edge_dim: int, update_h: bool = True):
         super().__init__()
-        self.phi_e = _mlp(2 * hidden + edge_dim + 1, hidden, hidden)
+        # phi_e's first linear map of [h_i, h_j, d², e_ij] is split into per-node projections
+        # gathered onto edges: the same function, without an (edges x 2·hidden) matmul and concat
+        self.e_dst = nn.Linear(hidden, hidden)
+        self.e_src = nn.Linear(hidden, hidden, bias=False)
+        self.e_geo = nn.Linear(edge_dim + 1, hidden, bias=False)
+        self.phi_e = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.phi_x = _mlp(hidden, hidden, 1, final_act=False)
-        self.phi_h = _mlp(2 * hidden, hidden, hidden, final_act=False)
+        # the last layer's features would never reach the output (only x is returned): leave it out
+        self.phi_h = _mlp(2 * hidden, hidden, hidden, final_act=False) if update_h else None
         # start near the identity map on positions: small coordinate updates keep deep stacks stable
         nn.init.xavier_uniform_(self.phi_x[-1].weight, gain=1e-3)
         nn.init.zeros_(self.phi_x[-1].bias)
@@ -43,12 +49,14 @@ class EGNNLayer(nn.Module):
         src, dst = edge_index
         diff = x[dst] - x[src]
         d2 = (diff * diff).sum(-1, keepdim=True)
-        m = self.phi_e(torch.cat([h[dst], h[src], d2, edge_attr], dim=-1))
+        pre = self.e_dst(h)[dst] + self.e_src(h)[src] + self.e_geo(torch.cat([d2, edge_attr], dim=-1))
+        m = self.phi_e(pre)
         # normalised direction: updates stay bounded however far apart atoms are
         shift = diff / (d2.sqrt() + 1.0) * self.phi_x(m)
         x = x + scatter(shift, dst, dim=0, dim_size=num_nodes, reduce="mean")
-        agg = scatter(m, dst, dim=0, dim_size=num_nodes, reduce="mean")
-        h = h + self.phi_h(torch.cat([h, agg], dim=-1))
+        if self.phi_h is not None:
+            agg = scatter(m, dst, dim=0, dim_size=num_nodes, reduce="mean")
+            h = h + self.phi_h(torch.cat([h, agg], dim=-1))
         return h, x
 
 
@@ -64,7 +72,7 @@ class EGNNController(nn.Module):
         node_in = n_elements + 1 + 2 * time_features
         self.embed = nn.Linear(node_in, hidden)
         self.edge_dim = 3  # bonded, not bonded, |x_i - x_j|^2 at input
-        self.layers = nn.ModuleList([EGNNLayer(hidden, self.edge_dim) for _ in range(layers)])
+        self.layers = nn.ModuleList([EGNNLayer(hidden, self.edge_dim, update_h=i < layers - 1) for i in range(layers)])
         freqs = math.pi * torch.arange(1, time_features + 1, dtype=torch.float32)
         self.register_buffer("freqs", freqs, persistent=False)
 
