@@ -74,6 +74,13 @@ def _resumed_config(state: dict, overrides: list):
     return cfg
 
 
+def _set_cpu_threads(n: int) -> None:
+    import torch
+
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def _split_overrides(items: list) -> tuple[list, list]:
     """Separate ``section.key=value`` items from SMILES (which may contain '=' themselves)."""
     import dataclasses
@@ -112,6 +119,7 @@ def cmd_train(args) -> int:
         state = resume_state(run_dir)
         cfg = _resumed_config(state, overrides)
     ctx = setup_distributed()
+    _set_cpu_threads(cfg.train.cpu_threads)
     energy = make_energy(cfg.energy)
     try:
         molecules = load_training_molecules(cfg, energy)
@@ -197,6 +205,7 @@ def cmd_sample(args) -> int:
         raise UserError("give --smiles SMILES or --smiles-file FILE")
     if args.n < 1:
         raise UserError(f"-n must be >= 1, got {args.n}")
+    _set_cpu_threads(args.threads)
     energy = None
     if args.energy != "none":
         energy = make_energy(EnergyConfig(name=args.energy, workers=args.workers))
@@ -238,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--relax", action="store_true", help="relax samples with --energy before writing")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
     s.set_defaults(func=cmd_sample)
 
     try:

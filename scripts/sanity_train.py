@@ -13,7 +13,6 @@ import argparse
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from adjoint_sampling.config import load_config
@@ -40,6 +39,7 @@ def main() -> None:
 
     cfg = load_config(args.preset, [f"train.epochs={args.epochs}", "train.eval_every=0", "train.max_minutes=0",
                                     "data.duplicates=8", *args.overrides])
+    torch.set_num_threads(cfg.train.cpu_threads)
     energy = make_energy(cfg.energy)
     mol = graph_from_smiles(args.smiles)
     energy.check_supported(mol.numbers.tolist(), mol.charge, mol.spin, name=args.smiles)
@@ -62,6 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    np.set_printoptions(precision=4)
     main()
