@@ -73,14 +73,9 @@ def load_sampler(path: str | Path, device: str = "cpu") -> Sampler:
 # ---------------------------------------------------------------------- checks and writers
 def connectivity_matches(mol: Chem.Mol, coords: np.ndarray) -> bool:
     """True if bonds perceived from the coordinates equal the SMILES bonds (same atom order)."""
-    probe = Chem.RWMol(mol)
-    probe.RemoveAllConformers()
+    probe = Chem.RWMol(conformer_mol(mol, coords))
     for b in list(probe.GetBonds()):
         probe.RemoveBond(b.GetBeginAtomIdx(), b.GetEndAtomIdx())
-    conf = Chem.Conformer(mol.GetNumAtoms())
-    for i, p in enumerate(coords):
-        conf.SetAtomPosition(i, Point3D(*map(float, p)))
-    probe.AddConformer(conf, assignId=True)
     try:
         rdDetermineBonds.DetermineConnectivity(probe, charge=Chem.GetFormalCharge(mol))
     except Exception:
@@ -91,12 +86,13 @@ def connectivity_matches(mol: Chem.Mol, coords: np.ndarray) -> bool:
 
 
 def _stereo_labels(mol: Chem.Mol) -> dict:
-    from rdkit.Chem import FindMolChiralCenters
+    """CIP labels (R/S of atoms, E/Z of double bonds) of the stereo elements RDKit has assigned."""
+    from rdkit.Chem import rdCIPLabeler
 
-    labels = {("atom", i): lab for i, lab in FindMolChiralCenters(mol, includeUnassigned=False, useLegacyImplementation=False)}
-    for b in mol.GetBonds():
-        if b.GetStereo() in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ):
-            labels[("bond", b.GetIdx())] = str(b.GetStereo())
+    mol = Chem.Mol(mol)
+    rdCIPLabeler.AssignCIPLabels(mol)
+    labels = {("atom", a.GetIdx()): a.GetProp("_CIPCode") for a in mol.GetAtoms() if a.HasProp("_CIPCode")}
+    labels.update({("bond", b.GetIdx()): b.GetProp("_CIPCode") for b in mol.GetBonds() if b.HasProp("_CIPCode")})
     return labels
 
 
@@ -105,12 +101,7 @@ def stereo_matches(mol: Chem.Mol, coords: np.ndarray) -> bool:
     want = _stereo_labels(mol)
     if not want:
         return True
-    probe = Chem.Mol(mol)
-    probe.RemoveAllConformers()
-    conf = Chem.Conformer(mol.GetNumAtoms())
-    for i, p in enumerate(coords):
-        conf.SetAtomPosition(i, Point3D(*map(float, p)))
-    probe.AddConformer(conf, assignId=True)
+    probe = conformer_mol(mol, coords)
     Chem.AssignStereochemistryFrom3D(probe)
     got = _stereo_labels(probe)
     return all(got.get(k) == v for k, v in want.items())
