@@ -121,13 +121,18 @@ def plot_histograms(path: str | Path, system: str | SyntheticSystem, reference: 
     ax_d.hist(d_ref, bins=d_bins, density=True, alpha=0.4, color="k", label="ground truth (test)")
     for label, samples in others.items():
         e = energies_of(samples, sysm, energy_options)
-        ax_e.hist(np.clip(e[np.isfinite(e)], e_bins[0], e_bins[-1]), bins=e_bins, density=True,
-                  histtype="step", lw=1.5, label=label)
-        ax_d.hist(np.clip(interatomic_distances(samples, sysm), d_bins[0], d_bins[-1]), bins=d_bins,
-                  density=True, histtype="step", lw=1.5, label=label)
-    ax_e.set(xlabel="energy (reduced units, clipped to range)", ylabel="density", title=f"{sysm.name}: energy")
+        d = interatomic_distances(samples, sysm)
+        # out-of-range values are dropped (not piled into the edge bin) and counted in the legend
+        e_in = e[(e >= e_bins[0]) & (e <= e_bins[-1])]
+        d_in = d[d <= d_bins[-1]]
+        ax_e.hist(e_in, bins=e_bins, weights=np.full(len(e_in), 1.0 / len(e) / np.diff(e_bins)[0]),
+                  histtype="step", lw=1.5, label=f"{label} ({100 * (1 - len(e_in) / len(e)):.0f}% outside)")
+        ax_d.hist(d_in, bins=d_bins, weights=np.full(len(d_in), 1.0 / len(d) / np.diff(d_bins)[0]),
+                  histtype="step", lw=1.5, label=f"{label} ({100 * (1 - len(d_in) / len(d)):.0f}% outside)")
+    ax_e.set(xlabel="energy (reduced units)", ylabel="density", title=f"{sysm.name}: energy")
     ax_d.set(xlabel="interatomic distance", ylabel="density", title=f"{sysm.name}: pair distances")
     ax_e.legend(fontsize=8)
+    ax_d.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

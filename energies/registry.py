@@ -192,6 +192,9 @@ def _register_builtins() -> None:
         supported_elements="checkpoint-dependent (OMol25-trained UMA/eSEN: H-Bi)",
         supported_charges="any (total charge and spin are model inputs)",
     )
+    from energies.synthetic import register_synthetic  # dw4, lj13 (synthetic benchmarks)
+
+    register_synthetic()
 
 
 _register_builtins()

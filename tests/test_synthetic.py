@@ -150,3 +150,13 @@ def test_short_dw4_training_beats_the_untrained_sampler(tmp_path):
     w_trained = sample_metrics(trained, reference, "dw4")["energy_w2"]
     assert np.isfinite(energies_of(trained, "dw4")).all()
     assert w_trained < 0.05 * w_base, (w_trained, w_base)
+
+
+def test_histogram_plot_is_written(tmp_path):
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 8)) * 2
+    out = tmp_path / "h.png"
+    from benchmark.synthetic import plot_histograms
+
+    plot_histograms(out, "dw4", ref, {"other": ref * 3})
+    assert out.stat().st_size > 1000
