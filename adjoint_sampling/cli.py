@@ -39,12 +39,26 @@ def load_training_molecules(cfg, energy) -> list:
     entries += [(s, s) for s in cfg.data.smiles]
     if not entries:
         raise UserError("no training molecules: set data.molecules=FILE or data.smiles=[SMILES,...]")
-    graphs = []
+    from adjoint_sampling.graphs import InvalidMoleculeError
+    from energies.base import UnsupportedMoleculeError
+
+    graphs, skipped = [], 0
     for smiles, name in entries:
-        g = graph_from_smiles(smiles, name=name, allow_fragments=cfg.data.allow_fragments, max_atoms=cfg.data.max_atoms)
-        energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name)
-        check_elements(g, cfg.model.elements)
+        try:
+            g = graph_from_smiles(smiles, name=name, allow_fragments=cfg.data.allow_fragments, max_atoms=cfg.data.max_atoms)
+            energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name)
+            check_elements(g, cfg.model.elements)
+        except (InvalidMoleculeError, UnsupportedMoleculeError) as exc:
+            if not cfg.data.skip_invalid:
+                raise
+            skipped += 1
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+            continue
         graphs.append(g)
+    if skipped:
+        print(f"skipped {skipped} of {len(entries)} molecules (data.skip_invalid=true)", file=sys.stderr)
+    if not graphs:
+        raise UserError("no usable training molecules")
     return graphs
 
 

@@ -68,6 +68,7 @@ class DataConfig:
     duplicates: int = 8
     max_atoms: int = 80
     allow_fragments: bool = False
+    skip_invalid: bool = False  # skip (and report) unusable molecules of a list instead of stopping
 
 
 @dataclass

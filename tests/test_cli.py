@@ -127,3 +127,16 @@ def test_torchrun_two_cpu_processes(tmp_path):
     ck = torch.load(run / "checkpoint.pt", weights_only=True)
     assert len(ck["buffers"]) == 2 and all(len(b["keys"]) > 0 for b in ck["buffers"])
     assert not torch.equal(ck["buffers"][0]["x1"], ck["buffers"][1]["x1"])  # ranks draw different samples
+
+
+def test_skip_invalid_reports_and_continues(tmp_path, capsys):
+    lst = tmp_path / "mols.txt"
+    lst.write_text("CCO good\nC1CC( broken\nCB(C)C boron\n")
+    base = ["train", "--preset", "tiny", "--no-progress", f"run_dir={tmp_path / 'r'}", f"data.molecules={lst}",
+            "train.epochs=1", "sample.n=0", *FAST]
+    assert "invalid SMILES" in _error(capsys, *base)
+    assert run_cli(*base, "data.skip_invalid=true") == 0
+    err = capsys.readouterr().err
+    assert "skipping broken" in err and "skipping boron" in err and "skipped 2 of 3" in err
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert ck["molecules"] == [["CCO", "good"]]
