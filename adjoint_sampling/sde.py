@@ -1,9 +1,11 @@
 """Euler–Maruyama integration of the controlled SDE dX = g(t)^2 v_θ(t, X) dt + g(t) dB, X_0 = 0.
 
 Noise and state live in the centre-of-mass-free subspace (COM projected after every step).
-The Brownian increment of each step is drawn with its exact variance h(t+Δt)^2 - h(t)^2 rather than
-g(t)^2 Δt: the uncontrolled process then has exactly the base marginals on any grid (the geometric
-g(t) changes by a factor σ_max/σ_min over [0, 1], so the left-point rule would inflate X_1's variance).
+Within a step the controller output v is held fixed and g(t)^2 is integrated exactly:
+Δh² = h(t+Δt)^2 - h(t)^2 scales the drift (Δh²·v), the Brownian increment's variance, and the
+control cost (½ Δh² ‖v‖²). The uncontrolled process then has exactly the base marginals on any grid;
+the left-point rule g(t)^2 Δt would inflate X_1's variance, since the geometric g(t) changes by a
+factor σ_max/σ_min over [0, 1], and would overshoot the drift where g is largest.
 """
 from __future__ import annotations
 
@@ -45,15 +47,14 @@ def integrate(
     cost = torch.zeros(b, dtype=torch.float64, device=device)
     grid = grid.to(device=device, dtype=torch.float64)
     for k in range(len(grid) - 1):
-        t, dt = grid[k], grid[k + 1] - grid[k]
-        g = schedule.g(t)
-        noise_std = (schedule.h2(grid[k + 1]) - schedule.h2(t)).clamp_min(0).sqrt()
+        t = grid[k]
+        dh2 = (schedule.h2(grid[k + 1]) - schedule.h2(t)).clamp_min(0)  # ∫ g² dt over the step
         noise = com_free_noise((n, dim), graphs.batch, b, generator, dtype, device)
-        step = noise_std * noise
+        step = dh2.sqrt() * noise
         if controller is not None:
             v = controller(t.to(dtype), x, graphs)
-            step = step + (g * g * dt) * v
-            u_sq = (g * g) * (v.double() ** 2).sum(-1)  # ‖u‖² with u = g·v
-            cost += 0.5 * dt * scatter(u_sq, graphs.batch, dim=0, dim_size=b, reduce="sum")
+            step = step + dh2 * v
+            # ∫ ½‖u‖² dt with u = g·v and v held over the step
+            cost += 0.5 * dh2 * scatter((v.double() ** 2).sum(-1), graphs.batch, dim=0, dim_size=b, reduce="sum")
         x = remove_com(x + step.to(dtype), graphs.batch, b)
     return x, cost

@@ -117,17 +117,18 @@ class Trainer:
         self.best_soc = math.inf
 
     # ------------------------------------------------------------------ sampling
-    def _molecule_indices(self, n_copies: int) -> list[int]:
+    def _molecule_indices(self, n_copies: int, generator: Optional[torch.Generator] = None) -> list[int]:
         """Molecule index of each copy for one rank: n_copies // duplicates molecules, each duplicated."""
         dup = max(1, min(self.cfg.data.duplicates, n_copies))
         n_mol = max(1, n_copies // dup)
-        picks = torch.randint(len(self.molecules), (n_mol,), generator=self.gen).tolist()
+        picks = torch.randint(len(self.molecules), (n_mol,), generator=generator or self.gen).tolist()
         return [i for i in picks for _ in range(dup)]
 
-    def simulate(self, mol_indices: list[int], grid: torch.Tensor) -> tuple[GraphBatch, torch.Tensor, torch.Tensor]:
+    def simulate(self, mol_indices: list[int], grid: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """Integrate the controlled SDE for these molecule copies: (graphs, X_1 [N, d] Å, control cost [B])."""
         graphs = collate([self.molecules[i] for i in mol_indices], self.elements).to(self.device)
         self.model.eval()
-        x1, cost = integrate(self.model, graphs, self.schedule, grid, self.dim, self.sim_gen)
+        x1, cost = integrate(self.model, graphs, self.schedule, grid, self.dim, generator or self.sim_gen)
         self.model.train()
         return graphs, x1, cost
 
@@ -188,12 +189,18 @@ class Trainer:
         return float(np.mean(losses)) if losses else float("nan")
 
     @torch.no_grad()
-    def evaluate(self, n_samples: Optional[int] = None) -> dict:
-        """SOC objective and energy statistics of fresh samples (eval NFE grid)."""
+    def evaluate(self, n_samples: Optional[int] = None, seed: int = 12345) -> dict:
+        """SOC objective and energy statistics of fresh samples (eval NFE grid).
+
+        The same molecules and noise at every call (common random numbers), so values are
+        comparable across epochs, and training's own random streams are left untouched.
+        """
         n = n_samples or self.cfg.train.eval_samples
         per_rank = max(1, n // self.ctx.world_size)
-        mol_idx = self._molecule_indices(per_rank)
-        graphs, x1, cost = self.simulate(mol_idx, self.eval_grid)
+        pick_gen = torch.Generator().manual_seed(seed + self.ctx.rank)
+        noise_gen = torch.Generator(device=self.device).manual_seed(seed + 7919 + self.ctx.rank)
+        mol_idx = self._molecule_indices(per_rank, pick_gen)
+        graphs, x1, cost = self.simulate(mol_idx, self.eval_grid, noise_gen)
         energy, _, ok = self.evaluate_energy(graphs, x1)
         lp = log_pbase(x1, graphs, self.schedule.h1_sq).cpu()
         soc = soc_objective(cost.cpu(), energy, lp, self.cfg.loss.tau)[ok]
