@@ -264,30 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
     s.set_defaults(func=cmd_sample)
 
-    try:
-        from benchmark import cli as bench_cli
+    import importlib
 
-        b = sub.add_parser("benchmark", help="coverage benchmark against reference conformers")
-        bench_cli.add_arguments(b)
-        b.set_defaults(func=bench_cli.run)
-    except ImportError:
-        pass
-    try:
-        from energies import cli as energies_cli
-
-        e = sub.add_parser("energies", help="list available energy models")
-        energies_cli.add_arguments(e)
-        e.set_defaults(func=energies_cli.run)
-    except ImportError:
-        pass
-    try:
-        from adjoint_sampling import synthetic_cli
-
-        y = sub.add_parser("eval-synthetic", help="train and evaluate on DW-4 / LJ-13 against ground truth")
-        synthetic_cli.add_arguments(y)
-        y.set_defaults(func=synthetic_cli.run)
-    except ImportError:
-        pass
+    for name, module, help_text in (
+        ("benchmark", "benchmark.cli", "coverage benchmark against reference conformers"),
+        ("energies", "energies.cli", "list available energy models"),
+        ("eval-synthetic", "adjoint_sampling.synthetic_cli", "train and evaluate on DW-4 / LJ-13 against ground truth"),
+    ):
+        mod = importlib.import_module(module)
+        sub_parser = sub.add_parser(name, help=help_text)
+        mod.add_arguments(sub_parser)
+        sub_parser.set_defaults(func=mod.run)
     return p
 
 
