@@ -135,6 +135,7 @@ def cmd_train(args) -> int:
     ctx = setup_distributed()
     _set_cpu_threads(cfg.train.cpu_threads)
     energy = make_energy(cfg.energy)
+    trainer = None
     try:
         molecules = load_training_molecules(cfg, energy)
         _prepare_run_dir(run_dir, resume=bool(args.resume))
@@ -164,8 +165,15 @@ def cmd_train(args) -> int:
     finally:
         energy.close()
         if ctx.enabled:
+            import gc
+
             import torch.distributed as dist
 
+            # DDP's reducer must go before its process group: destroyed afterwards, gloo's worker
+            # thread waits for the GIL while the main thread joins it (a teardown deadlock)
+            dist.barrier()
+            trainer = None
+            gc.collect()
             dist.destroy_process_group()
     return 0
 

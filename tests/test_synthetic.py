@@ -139,7 +139,7 @@ def test_short_dw4_training_beats_the_untrained_sampler(tmp_path):
     from adjoint_sampling.config import load_config
 
     torch.set_num_threads(1)
-    cfg = load_config("dw4", ["train.epochs=6", "train.grad_steps=20", "sde.train_nfe=40", "sde.eval_nfe=40",
+    cfg = load_config("dw4", ["train.epochs=6", "train.grad_steps=20", "sde.train_nfe=80", "sde.eval_nfe=80",
                               "train.checkpoint_every=100"])
     reference = load_split("dw4", "test", SYNTH)[:500]
     base = draw_samples(cfg, "dw4", 500, None, seed=3)
