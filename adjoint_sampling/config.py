@@ -87,7 +87,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
     # torch intra-op threads on CPU. 1 is the safe default: energy workers share the cores, and an
-    # oversubscribed OpenMP pool made a training step 50x slower on the 2-core machine under load.
+    # oversubscribed OpenMP pool made training steps far slower on the 2-core machine under load.
     cpu_threads: int = 1
 
 
