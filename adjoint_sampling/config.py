@@ -132,6 +132,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
     if tp in (int, float):
+        if isinstance(value, str):
+            # PyYAML reads exponent forms without a dot ("5e-4") as strings
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"config key '{key}' expects a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
         if tp is int and float(value) != int(value):
