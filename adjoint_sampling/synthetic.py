@@ -18,7 +18,7 @@ from adjoint_sampling.config import Config
 from adjoint_sampling.graphs import collate, point_cloud_graph
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
-from adjoint_sampling.trainer import Trainer
+from adjoint_sampling.trainer import DistContext, Trainer
 from energies.config import EnergyConfig
 from energies.registry import make_energy
 
@@ -125,17 +125,18 @@ class SyntheticTrainer(Trainer):
 
 
 def make_trainer(cfg: Config, system: str, run_dir: str | Path, show_progress: bool = False, log=print,
-                 lr_final_frac: float = 1.0) -> Trainer:
+                 lr_final_frac: float = 1.0, ctx: Optional[DistContext] = None) -> Trainer:
     """A Trainer on one point cloud of the system, with the system's energy (cfg.energy.options apply).
 
     lr_final_frac < 1 decays the learning rate (cosine) to that fraction of cfg.train.lr at the last epoch.
+    ctx: this process's rank when training under DDP (each rank simulates its share of the samples).
     """
     sysm = get_system(system)
     if cfg.energy.name != sysm.name:
         raise SyntheticError(f"config energy '{cfg.energy.name}' does not match system '{sysm.name}'")
     graph = point_cloud_graph(sysm.n_particles, name=sysm.name)
     return SyntheticTrainer(cfg, [graph], system_energy(sysm, cfg.energy.options), run_dir, dim=sysm.dim,
-                            show_progress=show_progress, log=log, lr_final_frac=lr_final_frac)
+                            ctx=ctx, show_progress=show_progress, log=log, lr_final_frac=lr_final_frac)
 
 
 @torch.no_grad()

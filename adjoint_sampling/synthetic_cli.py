@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cosine-decay the learning rate to this fraction of train.lr by the last epoch (1 = constant)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: these graphs are tiny, extra threads only add overhead)")
+    p.add_argument("--procs", type=int, default=1,
+                   help="training processes (DDP over gloo, one CPU core each; samples and batches split across them)")
     p.add_argument("--progress", action="store_true", help="show a training progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.epochs=50")
 
@@ -74,11 +76,17 @@ def _run(args, load_config, load_checkpoint) -> int:
     floor_set = subsample(load_split(system, "val", args.data), args.n_samples, args.seed + 1)
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.procs < 1:
+        raise SyntheticError(f"--procs must be at least 1, got {args.procs}")
     trainer = make_trainer(cfg, system.name, out, show_progress=args.progress, lr_final_frac=args.lr_final_frac)
     t0 = time.time()
     if args.checkpoint:
         trainer.load_state_dict(load_checkpoint(args.checkpoint))
         train_s = 0.0
+    elif args.procs > 1:
+        _train_distributed(args, cfg, system.name, out)
+        train_s = time.time() - t0
+        trainer.load_state_dict(load_checkpoint(out / "checkpoint.pt"))
     else:
         if args.resume:
             trainer.load_state_dict(resume_state(out))
@@ -112,6 +120,42 @@ def _run(args, load_config, load_checkpoint) -> int:
                               {"sampler": samples, "untrained base": base}, opts)
         print(f"wrote {out / 'samples.npy'}, {out / 'metrics.json'}, {png}")
     return 0
+
+
+def _train_distributed(args, cfg, system: str, out: Path) -> None:
+    """Train with args.procs DDP processes (gloo); rank 0 writes <out>/checkpoint.pt."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        init = f"file://{Path(tmp) / 'rendezvous'}"
+        mp.spawn(_distributed_worker, args=(args.procs, init, cfg, system, str(out), args), nprocs=args.procs, join=True)
+
+
+def _distributed_worker(rank: int, world: int, init: str, cfg, system: str, out: str, args) -> None:
+    import gc
+
+    import torch
+    import torch.distributed as dist
+
+    from adjoint_sampling.synthetic import make_trainer
+    from adjoint_sampling.trainer import DistContext, resume_state
+
+    torch.set_num_threads(max(args.threads, 1))
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    trainer = make_trainer(cfg, system, out, show_progress=args.progress, lr_final_frac=args.lr_final_frac,
+                           ctx=DistContext(rank, world))
+    try:
+        if args.resume:
+            trainer.load_state_dict(resume_state(out))
+        trainer.fit()
+    finally:
+        # the DDP reducer must be released before its process group (see cli.cmd_train)
+        dist.barrier()
+        trainer = None
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def main(argv=None) -> int:

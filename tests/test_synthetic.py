@@ -160,3 +160,44 @@ def test_histogram_plot_is_written(tmp_path):
 
     plot_histograms(out, "dw4", ref, {"other": ref * 3})
     assert out.stat().st_size > 1000
+
+
+def _fake_ground_truth(folder: Path, rows: int = 50) -> Path:
+    """Val/test splits of the DW-4 layout (random rows): enough for the CLI, not for science."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for split in ("val", "test"):
+        np.save(folder / f"{split}_split_DW4.npy", (2.0 * rng.normal(size=(rows, 8))).astype(np.float32))
+    return folder
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_eval_synthetic_command_end_to_end(tmp_path, capsys, procs):
+    import json
+
+    from adjoint_sampling.cli import main
+    from adjoint_sampling.checkpoint import load_checkpoint
+
+    data = _fake_ground_truth(tmp_path / "gt")
+    out = tmp_path / "run"
+    rc = main(["eval-synthetic", "--system", "dw4", "--data", str(data), "--out", str(out), "--n-samples", "20",
+               "--no-plot", "--procs", str(procs), "train.epochs=2", "train.grad_steps=2", "train.samples_per_epoch=8",
+               "train.batch_size=8", "sde.train_nfe=10", "sde.eval_nfe=10"])
+    assert rc == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["epochs"] == 2 and set(summary["metrics"]) == {"sampler", "untrained", "floor(val)"}
+    assert np.load(out / "samples.npy").shape == (20, 8)
+    # under DDP the checkpoint holds every rank's replay buffer, each with its share of the samples
+    buffers = load_checkpoint(out / "checkpoint.pt")["buffers"]
+    assert len(buffers) == procs
+    assert "energy_w2" in capsys.readouterr().out
+
+
+def test_eval_synthetic_bad_input_is_one_line_error(tmp_path, capsys):
+    from adjoint_sampling.cli import main
+
+    assert main(["eval-synthetic", "--system", "dw4", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "ground-truth file not found" in capsys.readouterr().err
+    data = _fake_ground_truth(tmp_path / "gt")
+    assert main(["eval-synthetic", "--data", str(data), "--out", str(tmp_path / "o"), "--procs", "0"]) == 2
+    assert "--procs" in capsys.readouterr().err
