@@ -74,10 +74,10 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 5000
-    samples_per_epoch: int = 128
-    batch_size: int = 64
+    samples_per_epoch: int = 128  # in total: each of N DDP processes simulates 1/N of them
+    batch_size: int = 64  # per process (DDP averages the gradients of N such batches)
     grad_steps: int = 100
-    buffer_size: int = 1000
+    buffer_size: int = 1000  # per process
     lr: float = 1e-4
     grad_clip: float = 0.0  # 0 = off
     eval_every: int = 50

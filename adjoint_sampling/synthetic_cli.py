@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="evaluate this trained checkpoint instead of training")
     p.add_argument("--resume", action="store_true", help="continue training from <out>/checkpoint.pt")
     p.add_argument("--no-plot", action="store_true", help="skip the histogram PNG")
-    p.add_argument("--lr-final-frac", type=float, default=0.1,
+    p.add_argument("--lr-final-frac", type=float, default=0.05,
                    help="cosine-decay the learning rate to this fraction of train.lr by the last epoch (1 = constant)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: these graphs are tiny, extra threads only add overhead)")

@@ -201,3 +201,19 @@ def test_eval_synthetic_bad_input_is_one_line_error(tmp_path, capsys):
     data = _fake_ground_truth(tmp_path / "gt")
     assert main(["eval-synthetic", "--data", str(data), "--out", str(tmp_path / "o"), "--procs", "0"]) == 2
     assert "--procs" in capsys.readouterr().err
+
+
+def test_lr_decay_follows_the_wall_clock_when_time_limited(tmp_path):
+    import time
+
+    from adjoint_sampling.config import load_config
+
+    cfg = load_config("dw4", ["train.epochs=1000", "train.max_minutes=10", "train.lr=0.002"])
+    trainer = make_trainer(cfg, "dw4", tmp_path, lr_final_frac=0.1)
+    assert trainer.current_lr() == pytest.approx(0.002)  # before fit: epoch 0, no clock
+    trainer.epoch = 10
+    trainer._fit_start = time.time() - 300  # half the time budget gone after 1 % of the epochs
+    assert trainer.progress() == pytest.approx(0.5, abs=0.01)
+    assert trainer.current_lr() == pytest.approx(0.002 * (0.1 + 0.9 * 0.5), rel=0.02)
+    trainer._fit_start = time.time() - 3600  # past the budget: the final rate
+    assert trainer.current_lr() == pytest.approx(0.0002)
