@@ -112,7 +112,7 @@ def cmd_train(args) -> int:
     import yaml
 
     from adjoint_sampling.config import load_config, to_dict
-    from adjoint_sampling.trainer import Trainer, resume_state, setup_distributed
+    from adjoint_sampling.trainer import Trainer, resume_state, setup_distributed, teardown_distributed
     from energies import make_energy
 
     overrides = list(args.overrides)
@@ -165,16 +165,8 @@ def cmd_train(args) -> int:
     finally:
         energy.close()
         if ctx.enabled:
-            import gc
-
-            import torch.distributed as dist
-
-            # DDP's reducer must go before its process group: destroyed afterwards, gloo's worker
-            # thread waits for the GIL while the main thread joins it (a teardown deadlock)
-            dist.barrier()
-            trainer = None
-            gc.collect()
-            dist.destroy_process_group()
+            trainer = None  # the DDP reducer must go before its process group
+            teardown_distributed()
     return 0
 
 

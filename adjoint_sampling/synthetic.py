@@ -115,6 +115,7 @@ class SyntheticTrainer(Trainer):
         if not 0 < lr_final_frac <= 1:
             raise SyntheticError(f"lr_final_frac must be in (0, 1], got {lr_final_frac}")
         self.lr_final_frac = lr_final_frac
+        self._fit_start: Optional[float] = None
 
     def fit(self) -> dict:
         self._fit_start = time.time()
@@ -124,9 +125,8 @@ class SyntheticTrainer(Trainer):
         """Fraction of the run done: epochs, or wall time when train.max_minutes will stop it first."""
         done = self.epoch / max(self.cfg.train.epochs, 1)
         minutes = self.cfg.train.max_minutes
-        start = getattr(self, "_fit_start", None)
-        if minutes > 0 and start is not None:
-            done = max(done, (time.time() - start) / (60 * minutes))
+        if minutes > 0 and self._fit_start is not None:
+            done = max(done, (time.time() - self._fit_start) / (60 * minutes))
         return min(done, 1.0)
 
     def current_lr(self) -> float:

@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue training from <out>/checkpoint.pt")
     p.add_argument("--no-plot", action="store_true", help="skip the histogram PNG")
     p.add_argument("--lr-final-frac", type=float, default=0.05,
-                   help="cosine-decay the learning rate to this fraction of train.lr by the last epoch (1 = constant)")
+                   help="cosine-decay the learning rate to this fraction of train.lr by the end of the run "
+                        "(last epoch, or train.max_minutes if that comes first; 1 = constant)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: these graphs are tiny, extra threads only add overhead)")
     p.add_argument("--procs", type=int, default=1,
@@ -134,13 +135,11 @@ def _train_distributed(args, cfg, system: str, out: Path) -> None:
 
 
 def _distributed_worker(rank: int, world: int, init: str, cfg, system: str, out: str, args) -> None:
-    import gc
-
     import torch
     import torch.distributed as dist
 
     from adjoint_sampling.synthetic import make_trainer
-    from adjoint_sampling.trainer import DistContext, resume_state
+    from adjoint_sampling.trainer import DistContext, resume_state, teardown_distributed
 
     torch.set_num_threads(max(args.threads, 1))
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -151,11 +150,8 @@ def _distributed_worker(rank: int, world: int, init: str, cfg, system: str, out:
             trainer.load_state_dict(resume_state(out))
         trainer.fit()
     finally:
-        # the DDP reducer must be released before its process group (see cli.cmd_train)
-        dist.barrier()
-        trainer = None
-        gc.collect()
-        dist.destroy_process_group()
+        trainer = None  # the DDP reducer must go before its process group
+        teardown_distributed()
 
 
 def main(argv=None) -> int:

@@ -47,6 +47,17 @@ class DistContext:
         return self.world_size > 1
 
 
+def teardown_distributed() -> None:
+    """Leave the process group. Callers drop their Trainer (and its DDP reducer) first: a reducer
+    destroyed after the group leaves gloo's worker thread waiting for the GIL while the main
+    thread joins it (a teardown deadlock)."""
+    import gc
+
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+
+
 def setup_distributed() -> DistContext:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU, nccl on GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
