@@ -126,6 +126,7 @@ class Trainer:
         self.epoch = 0
         self.total_failed = 0
         self.best_soc = math.inf
+        self._batch_cache: dict[tuple[int, ...], GraphBatch] = {}
 
     # ------------------------------------------------------------------ sampling
     def _molecule_indices(self, n_copies: int, generator: Optional[torch.Generator] = None) -> list[int]:
@@ -135,9 +136,22 @@ class Trainer:
         picks = torch.randint(len(self.molecules), (n_mol,), generator=generator or self.gen).tolist()
         return [i for i in picks for _ in range(dup)]
 
+    def batch_of(self, mol_indices: list[int]) -> GraphBatch:
+        """The GraphBatch of these molecule copies on the training device.
+
+        With a single training molecule (the synthetic systems) every batch of k copies is the same,
+        so it is built once per k: collating 128 copies cost a tenth of a small model's step.
+        """
+        if len(self.molecules) > 1:
+            return collate([self.molecules[i] for i in mol_indices], self.elements).to(self.device)
+        key = (len(mol_indices),)
+        if key not in self._batch_cache:
+            self._batch_cache[key] = collate([self.molecules[0]] * key[0], self.elements).to(self.device)
+        return self._batch_cache[key]
+
     def simulate(self, mol_indices: list[int], grid: torch.Tensor, generator: Optional[torch.Generator] = None):
         """Integrate the controlled SDE for these molecule copies: (graphs, X_1 [N, d] Å, control cost [B])."""
-        graphs = collate([self.molecules[i] for i in mol_indices], self.elements).to(self.device)
+        graphs = self.batch_of(mol_indices)
         self.model.eval()
         x1, cost = integrate(self.model, graphs, self.schedule, grid, self.dim, generator or self.sim_gen)
         self.model.train()
@@ -177,7 +191,7 @@ class Trainer:
     # ------------------------------------------------------------------ learning
     def minibatch(self, k: int) -> tuple[GraphBatch, torch.Tensor, torch.Tensor]:
         entries = self.buffer.sample(k, self.gen)
-        graphs = collate([self.molecules[e.mol_index] for e in entries], self.elements).to(self.device)
+        graphs = self.batch_of([e.mol_index for e in entries])
         x1 = torch.cat([e.x1 for e in entries]).to(self.device)
         grad_e = torch.cat([e.grad_energy for e in entries]).to(self.device)
         grad_r = torch.cat([e.grad_reg for e in entries]).to(self.device)

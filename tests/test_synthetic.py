@@ -217,3 +217,17 @@ def test_lr_decay_follows_the_wall_clock_when_time_limited(tmp_path):
     assert trainer.current_lr() == pytest.approx(0.002 * (0.1 + 0.9 * 0.5), rel=0.02)
     trainer._fit_start = time.time() - 3600  # past the budget: the final rate
     assert trainer.current_lr() == pytest.approx(0.0002)
+
+
+def test_single_system_batches_are_built_once_and_match_collate(tmp_path):
+    from adjoint_sampling.config import load_config
+    from adjoint_sampling.graphs import collate
+
+    cfg = load_config("dw4", ["train.epochs=1"])
+    trainer = make_trainer(cfg, "dw4", tmp_path)
+    first = trainer.batch_of([0] * 5)
+    assert trainer.batch_of([0] * 5) is first  # cached per batch size
+    assert trainer.batch_of([0] * 3).num_graphs == 3
+    fresh = collate([trainer.molecules[0]] * 5, trainer.elements)
+    for name in ("numbers", "node_type", "batch", "edge_index", "bonded", "charges", "spins"):
+        assert torch.equal(getattr(first, name), getattr(fresh, name)), name
