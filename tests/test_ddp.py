@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 
 from adjoint_sampling.config import load_config
 from adjoint_sampling.graphs import graph_from_smiles
-from adjoint_sampling.trainer import DistContext, Trainer
+from adjoint_sampling.trainer import DistContext, Trainer, teardown_distributed
 from energies import EnergyConfig, make_energy
 
 
@@ -22,7 +22,8 @@ def _worker(rank, world, init_file, out_dir):
     trainer.fit()
     flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     torch.save({"params": flat, "x1": trainer.buffer.entries[0].x1}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    del trainer  # its DDP reducer must go before the process group (else teardown can deadlock)
+    teardown_distributed()
 
 
 def test_ddp_ranks_stay_in_sync(tmp_path):
