@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from adjoint_sampling.buffer import ReplayBuffer
 from adjoint_sampling.config import Config
 from adjoint_sampling.graphs import collate, point_cloud_graph
 from adjoint_sampling.schedules import make_schedule, time_grid
@@ -110,12 +111,36 @@ class SyntheticTrainer(Trainer):
     to epoch at the high rate).
     """
 
-    def __init__(self, *args, lr_final_frac: float = 1.0, **kwargs):
+    def __init__(self, *args, lr_final_frac: float = 1.0, system: Optional[SyntheticSystem] = None, **kwargs):
         super().__init__(*args, **kwargs)
         if not 0 < lr_final_frac <= 1:
             raise SyntheticError(f"lr_final_frac must be in (0, 1], got {lr_final_frac}")
         self.lr_final_frac = lr_final_frac
+        self.system = system
+        self.exact_buffer = False
         self._fit_start: Optional[float] = None
+
+    def use_exact_buffer(self, samples: np.ndarray) -> int:
+        """Diagnostic: fill the buffer with ground-truth samples [S, n·d] and stop resimulating.
+
+        Every RAM target is then exact (X_1 drawn from the target itself), so training isolates the
+        regression of E[ã | X_t] from the reciprocal outer loop. Returns the number of samples kept.
+        """
+        if self.system is None:
+            raise SyntheticError("use_exact_buffer needs the trainer's system (build it with make_trainer)")
+        x = torch.as_tensor(to_particles(samples, self.system), dtype=torch.float32)
+        self.buffer = ReplayBuffer(len(x))
+        graphs = self.batch_of([0] * len(x))
+        _, ok = self.store([0] * len(x), graphs, x.reshape(-1, self.system.dim).to(self.device))
+        self.exact_buffer = True
+        return int(ok.sum())
+
+    def collect(self) -> dict:
+        if not self.exact_buffer:
+            return super().collect()
+        return {"n_samples": 0, "n_failed": 0, "sim_s": 0.0, "energy_s": 0.0,
+                "energy_mean": float(np.mean([e.energy for e in self.buffer.entries])),
+                "energy_min": float(min(e.energy for e in self.buffer.entries))}
 
     def fit(self) -> dict:
         self._fit_start = time.time()
@@ -152,7 +177,7 @@ def make_trainer(cfg: Config, system: str, run_dir: str | Path, show_progress: b
         raise SyntheticError(f"config energy '{cfg.energy.name}' does not match system '{sysm.name}'")
     graph = point_cloud_graph(sysm.n_particles, name=sysm.name)
     return SyntheticTrainer(cfg, [graph], system_energy(sysm, cfg.energy.options), run_dir, dim=sysm.dim,
-                            ctx=ctx, show_progress=show_progress, log=log, lr_final_frac=lr_final_frac)
+                            ctx=ctx, show_progress=show_progress, log=log, lr_final_frac=lr_final_frac, system=sysm)
 
 
 @torch.no_grad()

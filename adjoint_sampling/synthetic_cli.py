@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default 1: these graphs are tiny, extra threads only add overhead)")
     p.add_argument("--procs", type=int, default=1,
                    help="training processes (DDP over gloo, one CPU core each; samples and batches split across them)")
+    p.add_argument("--exact-buffer", type=int, default=0, metavar="N",
+                   help="diagnostic: train only on N ground-truth samples of the train split (exact RAM "
+                        "targets, no resimulation), to separate the regression from the outer loop")
     p.add_argument("--progress", action="store_true", help="show a training progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.epochs=50")
 
@@ -79,6 +82,8 @@ def _run(args, load_config, load_checkpoint) -> int:
 
     if args.procs < 1:
         raise SyntheticError(f"--procs must be at least 1, got {args.procs}")
+    if args.exact_buffer < 0 or (args.exact_buffer and (args.procs > 1 or args.checkpoint)):
+        raise SyntheticError("--exact-buffer takes N >= 1 samples and works with one process, without --checkpoint")
     trainer = make_trainer(cfg, system.name, out, show_progress=args.progress, lr_final_frac=args.lr_final_frac)
     t0 = time.time()
     if args.checkpoint:
@@ -91,6 +96,9 @@ def _run(args, load_config, load_checkpoint) -> int:
     else:
         if args.resume:
             trainer.load_state_dict(resume_state(out))
+        if args.exact_buffer:
+            kept = trainer.use_exact_buffer(load_split(system, "train", args.data)[: args.exact_buffer])
+            print(f"{system.name}: exact buffer of {kept} ground-truth training samples, no resimulation")
         trainer.fit()
         train_s = time.time() - t0
     print(f"{system.name}: trained {trainer.epoch} epochs in {train_s:.1f} s")
@@ -114,7 +122,8 @@ def _run(args, load_config, load_checkpoint) -> int:
     print("published sample W2 uses an unstated convention; compare coordinate_w2 with the floor column")
     summary = {"system": system.name, "n_samples": args.n_samples, "epochs": trainer.epoch,
                "train_s": round(train_s, 1), "sample_s": round(sample_s, 1), "metrics": columns,
-               "published": published, "overrides": list(args.overrides)}
+               "published": published, "overrides": list(args.overrides),
+               "exact_buffer": args.exact_buffer}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     if not args.no_plot:
         png = plot_histograms(out / "histograms.png", system, reference,

@@ -163,6 +163,20 @@ class Trainer:
         ok = result.finite_mask(graphs.batch.cpu())
         return result.energy.double(), (-result.forces).to(x1.dtype), ok
 
+    def store(self, mol_idx: list[int], graphs: GraphBatch, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluate E, ∇E and ∇E_reg of terminal samples once and add the finite ones to the buffer.
+
+        Returns (energies (eV) [B], finite mask [B]).
+        """
+        energy, grad_e, ok = self.evaluate_energy(graphs, x1)
+        grad_r = regularizer_grad(x1, graphs, self.cfg.loss.reg_alpha)
+        xs, ges, grs = graphs.split(x1.cpu()), graphs.split(grad_e.cpu()), graphs.split(grad_r.cpu())
+        for i, m in enumerate(mol_idx):
+            if ok[i]:
+                g = self.molecules[m]
+                self.buffer.add(BufferEntry(m, g.smiles or g.name, xs[i], ges[i], grs[i], float(energy[i])))
+        return energy, ok
+
     def collect(self) -> dict:
         """Simulate this rank's share of the epoch's samples, evaluate E once, fill the buffer."""
         per_rank = max(1, self.cfg.train.samples_per_epoch // self.ctx.world_size)
@@ -170,14 +184,8 @@ class Trainer:
         t0 = time.time()
         graphs, x1, _ = self.simulate(mol_idx, self.train_grid)
         t1 = time.time()
-        energy, grad_e, ok = self.evaluate_energy(graphs, x1)
+        energy, ok = self.store(mol_idx, graphs, x1)
         t2 = time.time()
-        grad_r = regularizer_grad(x1, graphs, self.cfg.loss.reg_alpha)
-        xs, ges, grs = graphs.split(x1.cpu()), graphs.split(grad_e.cpu()), graphs.split(grad_r.cpu())
-        for i, m in enumerate(mol_idx):
-            if ok[i]:
-                g = self.molecules[m]
-                self.buffer.add(BufferEntry(m, g.smiles or g.name, xs[i], ges[i], grs[i], float(energy[i])))
         n_failed = int((~ok).sum())
         self.total_failed += n_failed
         finite = energy[ok]

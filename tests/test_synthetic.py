@@ -166,7 +166,7 @@ def _fake_ground_truth(folder: Path, rows: int = 50) -> Path:
     """Val/test splits of the DW-4 layout (random rows): enough for the CLI, not for science."""
     rng = np.random.default_rng(0)
     folder.mkdir()
-    for split in ("val", "test"):
+    for split in ("train", "val", "test"):
         np.save(folder / f"{split}_split_DW4.npy", (2.0 * rng.normal(size=(rows, 8))).astype(np.float32))
     return folder
 
@@ -201,6 +201,9 @@ def test_eval_synthetic_bad_input_is_one_line_error(tmp_path, capsys):
     data = _fake_ground_truth(tmp_path / "gt")
     assert main(["eval-synthetic", "--data", str(data), "--out", str(tmp_path / "o"), "--procs", "0"]) == 2
     assert "--procs" in capsys.readouterr().err
+    assert main(["eval-synthetic", "--data", str(data), "--out", str(tmp_path / "o"), "--procs", "2",
+                 "--exact-buffer", "10"]) == 2
+    assert "--exact-buffer" in capsys.readouterr().err
 
 
 def test_lr_decay_follows_the_wall_clock_when_time_limited(tmp_path):
@@ -231,3 +234,27 @@ def test_single_system_batches_are_built_once_and_match_collate(tmp_path):
     fresh = collate([trainer.molecules[0]] * 5, trainer.elements)
     for name in ("numbers", "node_type", "batch", "edge_index", "bonded", "charges", "spins"):
         assert torch.equal(getattr(first, name), getattr(fresh, name)), name
+
+
+def test_exact_buffer_holds_the_given_samples_and_is_never_resimulated(tmp_path, capsys):
+    """--exact-buffer: the buffer is the COM-free ground truth with its energies; epochs add nothing."""
+    import json
+
+    from adjoint_sampling.checkpoint import load_checkpoint
+    from adjoint_sampling.cli import main
+
+    data = _fake_ground_truth(tmp_path / "gt", rows=30)
+    out = tmp_path / "run"
+    rc = main(["eval-synthetic", "--system", "dw4", "--data", str(data), "--out", str(out), "--n-samples", "10",
+               "--no-plot", "--exact-buffer", "25", "train.epochs=3", "train.grad_steps=2", "train.batch_size=8",
+               "sde.eval_nfe=10"])
+    assert rc == 0
+    assert "exact buffer of 25" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["exact_buffer"] == 25
+    buf = load_checkpoint(out / "checkpoint.pt")["buffers"][0]
+    truth = np.load(data / "train_split_DW4.npy")[:25].reshape(25, 4, 2)
+    truth = truth - truth.mean(1, keepdims=True)
+    assert np.allclose(buf["x1"].numpy().reshape(25, 4, 2), truth, atol=1e-5)
+    assert np.allclose(buf["energy"].numpy(), energies_of(truth.reshape(25, 8), "dw4"), rtol=1e-5, atol=1e-4)
+    log = (out / "metrics.csv").read_text().splitlines()
+    assert len(log) == 4 and all(row.split(",")[4] == "0" for row in log[1:])  # n_samples: nothing simulated
