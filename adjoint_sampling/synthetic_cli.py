@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--procs", type=int, default=1,
                    help="training processes (DDP over gloo, one CPU core each; samples and batches split across them)")
     p.add_argument("--exact-buffer", type=int, default=0, metavar="N",
-                   help="diagnostic: train only on N ground-truth samples of the train split (exact RAM "
+                   help="diagnostic: train only on N ground-truth samples of the train split (val if none; exact RAM "
                         "targets, no resimulation), to separate the regression from the outer loop")
     p.add_argument("--progress", action="store_true", help="show a training progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.epochs=50")
@@ -97,8 +97,10 @@ def _run(args, load_config, load_checkpoint) -> int:
         if args.resume:
             trainer.load_state_dict(resume_state(out))
         if args.exact_buffer:
-            kept = trainer.use_exact_buffer(load_split(system, "train", args.data)[: args.exact_buffer])
-            print(f"{system.name}: exact buffer of {kept} ground-truth training samples, no resimulation")
+            # LJ-13 ships no train split: the val split stands in (the metrics use the test split)
+            split = "train" if (Path(args.data) / f"train_split_{system.file_tag}.npy").is_file() else "val"
+            kept = trainer.use_exact_buffer(load_split(system, split, args.data)[: args.exact_buffer])
+            print(f"{system.name}: exact buffer of {kept} ground-truth samples ({split} split), no resimulation")
         trainer.fit()
         train_s = time.time() - t0
     print(f"{system.name}: trained {trainer.epoch} epochs in {train_s:.1f} s")

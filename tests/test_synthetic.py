@@ -249,7 +249,7 @@ def test_exact_buffer_holds_the_given_samples_and_is_never_resimulated(tmp_path,
                "--no-plot", "--exact-buffer", "25", "train.epochs=3", "train.grad_steps=2", "train.batch_size=8",
                "sde.eval_nfe=10"])
     assert rc == 0
-    assert "exact buffer of 25" in capsys.readouterr().out
+    assert "exact buffer of 25 ground-truth samples (train split)" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["exact_buffer"] == 25
     buf = load_checkpoint(out / "checkpoint.pt")["buffers"][0]
     truth = np.load(data / "train_split_DW4.npy")[:25].reshape(25, 4, 2)
