@@ -126,7 +126,7 @@ class Trainer:
         self.epoch = 0
         self.total_failed = 0
         self.best_soc = math.inf
-        self._batch_cache: dict[tuple[int, ...], GraphBatch] = {}
+        self._batch_cache: dict[int, GraphBatch] = {}
 
     # ------------------------------------------------------------------ sampling
     def _molecule_indices(self, n_copies: int, generator: Optional[torch.Generator] = None) -> list[int]:
@@ -144,10 +144,10 @@ class Trainer:
         """
         if len(self.molecules) > 1:
             return collate([self.molecules[i] for i in mol_indices], self.elements).to(self.device)
-        key = (len(mol_indices),)
-        if key not in self._batch_cache:
-            self._batch_cache[key] = collate([self.molecules[0]] * key[0], self.elements).to(self.device)
-        return self._batch_cache[key]
+        k = len(mol_indices)
+        if k not in self._batch_cache:
+            self._batch_cache[k] = collate([self.molecules[0]] * k, self.elements).to(self.device)
+        return self._batch_cache[k]
 
     def simulate(self, mol_indices: list[int], grid: torch.Tensor, generator: Optional[torch.Generator] = None):
         """Integrate the controlled SDE for these molecule copies: (graphs, X_1 [N, d] Å, control cost [B])."""
