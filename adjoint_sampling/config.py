@@ -50,12 +50,14 @@ class SDEConfig:
 
 @dataclass
 class LossConfig:
-    """τ (eV), per-atom score clip, regularizer weight α_reg, and the p_base term switch."""
+    """τ (eV), per-atom score clip, regularizer weight α_reg, the p_base term switch and the
+    buffer-posterior targets (single-system runs only; see ``loss.posterior_target``)."""
 
     tau: float = 5e-3
     max_score_norm: float = 150.0
     reg_alpha: float = 100.0
     use_pbase: bool = True
+    posterior_targets: bool = False
 
 
 @dataclass

@@ -75,6 +75,66 @@ def ram_loss(
     return ((v + target) ** 2).sum(-1).mean()
 
 
+def posterior_target(
+    xt: torch.Tensor, coef: torch.Tensor, std: torch.Tensor, bank_x1: torch.Tensor, bank_a: torch.Tensor,
+) -> torch.Tensor:
+    """E[ã | X_t] under the base bridge with the bank as prior: Σ_j w_j ã_j, w_j ∝ N(X_t; coef·X1_j, std²).
+
+    xt [B, n, d] (Å) at per-sample bridge coefficient ``coef`` [B] and std ``std`` [B] (Å); bank_x1
+    [M, n, d] terminal samples of one system (Å) and bank_a [M, n, d] their adjoint targets. With the
+    generating X_1 of each row in the bank this is the exact conditional expectation of the RAM target
+    under the empirical buffer, so the regression has the same minimiser as with the single-sample
+    target ã(X_1) and far less variance wherever the bridge is wide (early t); as std -> 0 the weight
+    collapses onto the generating sample and the target becomes ã(X_1) again.
+    """
+    b, m = xt.shape[0], bank_x1.shape[0]
+    x = xt.reshape(b, -1)
+    bank = bank_x1.reshape(m, -1).to(x.dtype)
+    c = coef.to(x.dtype).unsqueeze(-1)
+    var = (std.to(x.dtype) ** 2).clamp_min(1e-12).unsqueeze(-1)
+    sq = (x * x).sum(-1, keepdim=True) - 2 * c * (x @ bank.T) + c * c * (bank * bank).sum(-1)
+    w = torch.softmax(-sq.clamp_min(0) / (2 * var), dim=-1)
+    return (w @ bank_a.reshape(m, -1).to(x.dtype)).reshape(xt.shape)
+
+
+def symmetry_copies(
+    x: torch.Tensor, a: torch.Tensor, generator: Optional[torch.Generator] = None, permute: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply one random orthogonal map (rotation or reflection) per sample, and optionally a random
+    permutation of the particles, to samples x [M, n, d] and their equivariant targets a [M, n, d].
+
+    E(d)-invariant energies (and identical particles, for ``permute``) leave the Boltzmann density
+    unchanged under these maps, so the copies are draws from the same target: a fresh set every
+    step widens the posterior's effective sample size without another energy evaluation.
+    """
+    m, n, d = x.shape
+    q, r = torch.linalg.qr(torch.randn(m, d, d, generator=generator, dtype=x.dtype, device=x.device))
+    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)  # Haar over O(d)
+    if permute:
+        order = torch.argsort(torch.rand(m, n, generator=generator, device=x.device), dim=1)
+        index = order.unsqueeze(-1).expand(-1, -1, d)
+        x, a = torch.gather(x, 1, index), torch.gather(a, 1, index)
+    return x @ q, a @ q
+
+
+def ram_loss_posterior(
+    controller, x1: torch.Tensor, a1: torch.Tensor, bank_x1: torch.Tensor, bank_a: torch.Tensor,
+    graphs: GraphBatch, schedule: NoiseSchedule, generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """RAM loss of one system with buffer-posterior targets: ‖v_θ(t, X_t) + E_bank[ã | X_t]‖².
+
+    x1, a1 [B, n, d]: the minibatch's terminal samples and adjoint targets (they join the bank, which
+    keeps the generating sample's term exact); bank_x1, bank_a [M, n, d]: the rest of the buffer.
+    """
+    b, n, d = x1.shape
+    t, xt = sample_bridge(x1.reshape(b * n, d), graphs, schedule, generator)
+    t_mol = t.reshape(b, n)[:, 0].double()
+    coef, std = schedule.bridge_params(t_mol)
+    target = posterior_target(xt.reshape(b, n, d), coef, std, torch.cat([bank_x1, x1]), torch.cat([bank_a, a1]))
+    v = controller(t, xt, graphs)
+    return ((v + target.reshape(b * n, d)) ** 2).sum(-1).mean()
+
+
 def log_pbase(x1: torch.Tensor, graphs: GraphBatch, h1_sq: float) -> torch.Tensor:
     """log N(X_1; 0, h1² I) on the COM-free subspace (dimension d·(n-1)) per molecule copy [B]."""
     b = graphs.num_graphs

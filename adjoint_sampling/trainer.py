@@ -23,7 +23,9 @@ from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint, save_c
 from adjoint_sampling.config import Config, to_dict
 from adjoint_sampling.controllers import EGNNController, build_controller
 from adjoint_sampling.graphs import GraphBatch, MoleculeGraph, collate
-from adjoint_sampling.loss import adjoint_target, log_pbase, ram_loss, soc_objective
+from adjoint_sampling.loss import (
+    adjoint_target, log_pbase, ram_loss, ram_loss_posterior, soc_objective, symmetry_copies,
+)
 from adjoint_sampling.regularizer import regularizer_grad
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
@@ -207,12 +209,43 @@ class Trainer:
         target = adjoint_target(x1, grad_e, grad_r, graphs, lc.tau, self.schedule.h1_sq, lc.max_score_norm, lc.use_pbase)
         return graphs, x1, target
 
+    def posterior_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole buffer of a single-system run as tensors X_1 [M, n, d] and ã [M, n, d]."""
+        if len(self.molecules) != 1:
+            raise ValueError("loss.posterior_targets needs a single-system run (one molecule or point cloud): "
+                             f"this run trains on {len(self.molecules)} molecules")
+        entries = list(self.buffer.entries)
+        graphs = self.batch_of([0] * len(entries))
+        x1 = torch.cat([e.x1 for e in entries]).to(self.device)
+        grad_e = torch.cat([e.grad_energy for e in entries]).to(self.device)
+        grad_r = torch.cat([e.grad_reg for e in entries]).to(self.device)
+        lc = self.cfg.loss
+        a = adjoint_target(x1, grad_e, grad_r, graphs, lc.tau, self.schedule.h1_sq, lc.max_score_norm, lc.use_pbase)
+        shape = (len(entries), -1, x1.shape[-1])
+        return x1.reshape(shape), a.reshape(shape)
+
+    def _posterior_loss(self, bank_x1: torch.Tensor, bank_a: torch.Tensor, permute: bool) -> torch.Tensor:
+        k = self.cfg.train.batch_size
+        idx = torch.randint(len(bank_x1), (k,), generator=self.gen).to(self.device)
+        copies_x1, copies_a = symmetry_copies(bank_x1, bank_a, self.gen, permute)
+        return ram_loss_posterior(self.ddp_model, bank_x1[idx], bank_a[idx], copies_x1, copies_a,
+                                  self.batch_of([0] * k), self.schedule, self.gen)
+
     def train_steps(self) -> float:
         """cfg.train.grad_steps RAM steps on minibatches from the buffer; returns the mean loss."""
         losses = []
+        posterior = self.cfg.loss.posterior_targets
+        if posterior:
+            bank_x1, bank_a = self.posterior_bank()
+            mol = self.molecules[0]
+            # identical particles (point clouds) may also be relabelled; atoms of a molecule may not
+            permute = mol.bonds.numel() == 0 and bool((mol.numbers == mol.numbers[0]).all())
         for _ in range(self.cfg.train.grad_steps):
-            graphs, x1, target = self.minibatch(self.cfg.train.batch_size)
-            loss = ram_loss(self.ddp_model, x1, target, graphs, self.schedule, self.gen)
+            if posterior:
+                loss = self._posterior_loss(bank_x1, bank_a, permute)
+            else:
+                graphs, x1, target = self.minibatch(self.cfg.train.batch_size)
+                loss = ram_loss(self.ddp_model, x1, target, graphs, self.schedule, self.gen)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.train.grad_clip > 0:

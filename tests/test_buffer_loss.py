@@ -10,7 +10,7 @@ from adjoint_sampling.buffer import BufferEntry, ReplayBuffer
 from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from adjoint_sampling.config import DEFAULT_ELEMENTS
 from adjoint_sampling.graphs import collate, graph_from_smiles
-from adjoint_sampling.loss import adjoint_target, clip_per_atom, log_pbase
+from adjoint_sampling.loss import adjoint_target, clip_per_atom, log_pbase, posterior_target, symmetry_copies
 from adjoint_sampling.regularizer import regularizer_energy, regularizer_grad
 
 
@@ -131,3 +131,49 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     torch.save({"model": Evil(), "config": {}}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError):  # weights_only refuses to run code
         load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_posterior_target_is_the_bridge_weighted_mean_of_the_bank():
+    """Hand-computed: weights ∝ N(X_t; c·X1_j, s²) over the bank, per row's own c and s."""
+    gen = torch.Generator().manual_seed(0)
+    bank_x = torch.randn(5, 3, 2, generator=gen, dtype=torch.float64)
+    bank_a = torch.randn(5, 3, 2, generator=gen, dtype=torch.float64)
+    xt = torch.randn(2, 3, 2, generator=gen, dtype=torch.float64)
+    coef = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    std = torch.tensor([0.9, 0.4], dtype=torch.float64)
+    got = posterior_target(xt, coef, std, bank_x, bank_a)
+    for i in range(2):
+        logw = torch.stack([-((xt[i] - coef[i] * bank_x[j]) ** 2).sum() / (2 * std[i] ** 2) for j in range(5)])
+        w = torch.exp(logw - logw.max())
+        w = w / w.sum()
+        want = sum(w[j] * bank_a[j] for j in range(5))
+        assert torch.allclose(got[i], want, atol=1e-12)
+
+
+def test_posterior_target_limits():
+    """std -> 0: the generating sample's own ã; std -> ∞ (flat bridge): the bank average."""
+    gen = torch.Generator().manual_seed(1)
+    bank_x = torch.randn(6, 4, 3, generator=gen, dtype=torch.float64)
+    bank_a = torch.randn(6, 4, 3, generator=gen, dtype=torch.float64)
+    coef = torch.tensor([1.0], dtype=torch.float64)
+    at_end = posterior_target(bank_x[2:3], coef, torch.tensor([1e-4], dtype=torch.float64), bank_x, bank_a)
+    assert torch.allclose(at_end[0], bank_a[2], atol=1e-12)
+    flat = posterior_target(bank_x[2:3], coef, torch.tensor([1e6], dtype=torch.float64), bank_x, bank_a)
+    assert torch.allclose(flat[0], bank_a.mean(0), atol=1e-6)
+
+
+def test_symmetry_copies_preserve_invariants_and_move_targets_with_samples():
+    """Each copy is an orthogonal map (and relabelling) of its sample: distances kept, ã·x pairing kept."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 5, 3, generator=gen, dtype=torch.float64)
+    a = torch.randn(8, 5, 3, generator=gen, dtype=torch.float64)
+    for permute in (False, True):
+        cx, ca = symmetry_copies(x, a, torch.Generator().manual_seed(3), permute=permute)
+        assert not torch.allclose(cx, x)
+        dist = lambda y: torch.cdist(y, y).flatten(1).sort(-1).values  # noqa: E731
+        assert torch.allclose(dist(cx), dist(x), atol=1e-10)
+        # the same map acts on x and a, so per-particle x·a products are a relabelling of the originals
+        dots, cdots = (x * a).sum(-1), (cx * ca).sum(-1)
+        assert torch.allclose(cdots.sort(-1).values, dots.sort(-1).values, atol=1e-10)
+        if not permute:
+            assert torch.allclose(cdots, dots, atol=1e-10)

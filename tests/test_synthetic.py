@@ -258,3 +258,19 @@ def test_exact_buffer_holds_the_given_samples_and_is_never_resimulated(tmp_path,
     assert np.allclose(buf["energy"].numpy(), energies_of(truth.reshape(25, 8), "dw4"), rtol=1e-5, atol=1e-4)
     log = (out / "metrics.csv").read_text().splitlines()
     assert len(log) == 4 and all(row.split(",")[4] == "0" for row in log[1:])  # n_samples: nothing simulated
+
+
+def test_posterior_targets_train_one_system_and_refuse_several(tmp_path):
+    from adjoint_sampling.config import load_config
+
+    cfg = load_config("dw4", ["train.epochs=2", "train.grad_steps=5", "train.batch_size=16",
+                              "train.samples_per_epoch=32", "sde.train_nfe=20", "loss.posterior_targets=true"])
+    trainer = make_trainer(cfg, "dw4", tmp_path, log=lambda *_: None)
+    trainer.fit()
+    bank_x1, bank_a = trainer.posterior_bank()
+    assert bank_x1.shape == bank_a.shape == (len(trainer.buffer), 4, 2)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(np.isfinite(float(r.split(",")[2])) for r in rows)
+    trainer.molecules = trainer.molecules * 2
+    with pytest.raises(ValueError, match="single-system"):
+        trainer.train_steps()
