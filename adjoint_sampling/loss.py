@@ -14,7 +14,7 @@ from torch_geometric.utils import scatter
 from adjoint_sampling.controllers import remove_com
 from adjoint_sampling.graphs import GraphBatch
 from adjoint_sampling.schedules import NoiseSchedule
-from adjoint_sampling.sde import com_free_noise
+from adjoint_sampling.sde import com_free_noise, generator_device
 
 
 def clip_per_atom(v: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -57,7 +57,8 @@ def sample_bridge(
     Returns (t per atom [N], X_t [N, d]).
     """
     b = graphs.num_graphs
-    t_mol = t_min + (t_max - t_min) * torch.rand(b, generator=generator, dtype=torch.float64, device=x1.device)
+    u = torch.rand(b, generator=generator, dtype=torch.float64, device=generator_device(generator, x1.device))
+    t_mol = t_min + (t_max - t_min) * u.to(x1.device)
     t = t_mol[graphs.batch]
     coef, std = schedule.bridge_params(t)
     noise = com_free_noise(x1.shape, graphs.batch, b, generator, x1.dtype, x1.device)
@@ -108,10 +109,11 @@ def symmetry_copies(
     step widens the posterior's effective sample size without another energy evaluation.
     """
     m, n, d = x.shape
-    q, r = torch.linalg.qr(torch.randn(m, d, d, generator=generator, dtype=x.dtype, device=x.device))
+    where = generator_device(generator, x.device)
+    q, r = torch.linalg.qr(torch.randn(m, d, d, generator=generator, dtype=x.dtype, device=where).to(x.device))
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)  # Haar over O(d)
     if permute:
-        order = torch.argsort(torch.rand(m, n, generator=generator, device=x.device), dim=1)
+        order = torch.argsort(torch.rand(m, n, generator=generator, device=where), dim=1).to(x.device)
         index = order.unsqueeze(-1).expand(-1, -1, d)
         x, a = torch.gather(x, 1, index), torch.gather(a, 1, index)
     return x @ q, a @ q

@@ -21,9 +21,15 @@ from adjoint_sampling.schedules import NoiseSchedule
 Controller = Callable[[torch.Tensor, torch.Tensor, GraphBatch], torch.Tensor]
 
 
+def generator_device(generator: Optional[torch.Generator], default) -> torch.device:
+    """The device random numbers must be drawn on: the generator's own, or ``default`` without one."""
+    return generator.device if generator is not None else torch.device(default)
+
+
 def com_free_noise(shape, batch: torch.Tensor, num_graphs: int, generator=None, dtype=torch.float32, device="cpu"):
     """Standard Gaussian projected onto the COM-free subspace of each molecule."""
-    z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    # draw where the generator lives (the trainer's minibatch generator stays on the CPU), then move
+    z = torch.randn(shape, generator=generator, dtype=dtype, device=generator_device(generator, device)).to(device)
     return remove_com(z, batch, num_graphs)
 
 
