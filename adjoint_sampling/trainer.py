@@ -200,7 +200,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ learning
     def minibatch(self, k: int) -> tuple[GraphBatch, torch.Tensor, torch.Tensor]:
-        entries = self.buffer.sample(k, self.gen)
+        return self._with_targets(self.buffer.sample(k, self.gen))
+
+    def _with_targets(self, entries: list[BufferEntry]) -> tuple[GraphBatch, torch.Tensor, torch.Tensor]:
+        """Buffer entries as (graphs, X_1 [N, d] Å, adjoint target ã [N, d]) on the training device."""
         graphs = self.batch_of([e.mol_index for e in entries])
         x1 = torch.cat([e.x1 for e in entries]).to(self.device)
         grad_e = torch.cat([e.grad_energy for e in entries]).to(self.device)
@@ -214,14 +217,8 @@ class Trainer:
         if len(self.molecules) != 1:
             raise ValueError("loss.posterior_targets needs a single-system run (one molecule or point cloud): "
                              f"this run trains on {len(self.molecules)} molecules")
-        entries = list(self.buffer.entries)
-        graphs = self.batch_of([0] * len(entries))
-        x1 = torch.cat([e.x1 for e in entries]).to(self.device)
-        grad_e = torch.cat([e.grad_energy for e in entries]).to(self.device)
-        grad_r = torch.cat([e.grad_reg for e in entries]).to(self.device)
-        lc = self.cfg.loss
-        a = adjoint_target(x1, grad_e, grad_r, graphs, lc.tau, self.schedule.h1_sq, lc.max_score_norm, lc.use_pbase)
-        shape = (len(entries), -1, x1.shape[-1])
+        _, x1, a = self._with_targets(list(self.buffer.entries))
+        shape = (len(self.buffer), -1, x1.shape[-1])
         return x1.reshape(shape), a.reshape(shape)
 
     def _posterior_loss(self, bank_x1: torch.Tensor, bank_a: torch.Tensor, permute: bool) -> torch.Tensor:
