@@ -33,6 +33,9 @@ class ModelConfig:
     elements: list = field(default_factory=lambda: list(DEFAULT_ELEMENTS))
     time_features: int = 8  # sin/cos pairs of t fed to nodes beside t itself
     max_output_norm: float = 300.0  # per-atom cap on v (2x the default score clip); 0 = off
+    # add −β(t)·ã(X_t), the clipped adjoint at the current state, with a learned β(t): one energy
+    # gradient per SDE and training step, so meant for cheap energies (synthetic systems, MMFF)
+    energy_gradient: bool = False
 
 
 @dataclass

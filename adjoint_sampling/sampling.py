@@ -17,10 +17,11 @@ from rdkit.Geometry import Point3D
 
 from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint
 from adjoint_sampling.config import Config, config_from_dict
-from adjoint_sampling.controllers import build_controller
+from adjoint_sampling.controllers import AdjointField, GradientInformedController, build_controller
 from adjoint_sampling.graphs import MoleculeGraph, check_elements, collate, graph_from_smiles
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
+from adjoint_sampling.trainer import make_adjoint_field
 
 
 class Sampler:
@@ -66,8 +67,25 @@ def load_sampler(path: str | Path, device: str = "cpu") -> Sampler:
         model.load_state_dict(state["model"])
     except (ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} does not match this version's model: {str(exc).splitlines()[0]}") from None
+    if isinstance(model, GradientInformedController):
+        model.attach(_checkpoint_field(cfg, path))
     dev = torch.device(device)
     return Sampler(cfg, model.to(dev), dev)
+
+
+def _checkpoint_field(cfg: Config, path) -> AdjointField:
+    """The adjoint field a gradient-informed checkpoint was trained with: its energy, τ, clip and schedule."""
+    from energies.registry import make_energy
+
+    try:
+        energy = make_energy(cfg.energy)
+    except Exception as exc:  # missing weights or backend: say which checkpoint needs what
+        raise CheckpointError(
+            f"checkpoint {path} samples with energy gradients (model.energy_gradient) but its energy "
+            f"'{cfg.energy.name}' cannot be built here: {str(exc).splitlines()[0]}"
+        ) from None
+    schedule = make_schedule(cfg.sde.schedule, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.sigma)
+    return make_adjoint_field(energy, cfg, schedule.h1_sq)
 
 
 # ---------------------------------------------------------------------- checks and writers

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from adjoint_sampling.buffer import BufferEntry, ReplayBuffer
 from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from adjoint_sampling.config import Config, to_dict
-from adjoint_sampling.controllers import EGNNController, build_controller
+from adjoint_sampling.controllers import AdjointField, GradientInformedController, build_controller, remove_com
 from adjoint_sampling.graphs import GraphBatch, MoleculeGraph, collate
 from adjoint_sampling.loss import (
     adjoint_target, log_pbase, ram_loss, ram_loss_posterior, soc_objective, symmetry_copies,
@@ -90,6 +90,27 @@ def energy_batch(graphs: GraphBatch, x: torch.Tensor) -> EnergyBatch:
     )
 
 
+def make_adjoint_field(energy: EnergyModel, cfg: Config, h1_sq: float) -> AdjointField:
+    """ã(X) at arbitrary states X (Å) with this run's τ, clip and regulariser: one energy call per use.
+
+    The input of a gradient-informed controller (model.energy_gradient). Computed in float64 and
+    sanitised first: a bridge or SDE state with overlapping atoms has astronomically large (or
+    non-finite) forces, which the per-atom clip must see as large rather than as inf or NaN.
+    """
+    lc = cfg.loss
+
+    def field(x: torch.Tensor, graphs: GraphBatch) -> torch.Tensor:
+        result = energy(energy_batch(graphs, x))
+        grad_e = torch.nan_to_num(-result.forces.double(), nan=0.0, posinf=1e30, neginf=-1e30).to(x.device)
+        # states are COM-free in the SDE and the bridge; centring here keeps the field (and with it the
+        # controller) translation invariant for any input, since ã's −X/h(1)² term and the clip see positions
+        xd = remove_com(x.detach().double(), graphs.batch, graphs.num_graphs)
+        grad_r = regularizer_grad(xd, graphs, lc.reg_alpha) if lc.reg_alpha else None
+        return adjoint_target(xd, grad_e, grad_r, graphs, lc.tau, h1_sq, lc.max_score_norm, lc.use_pbase).to(x.dtype)
+
+    return field
+
+
 class Trainer:
     """Owns the controller, optimizer, replay buffer and the energy; ``fit`` runs the epochs."""
 
@@ -112,13 +133,15 @@ class Trainer:
         self.elements = list(cfg.model.elements)
 
         torch.manual_seed(cfg.train.seed)
-        self.model: EGNNController = build_controller(cfg.model).to(self.device)
+        self.schedule = make_schedule(cfg.sde.schedule, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.sigma)
+        self.model = build_controller(cfg.model).to(self.device)
+        if isinstance(self.model, GradientInformedController):
+            self.model.attach(make_adjoint_field(energy, cfg, self.schedule.h1_sq))
         self.ddp_model = self.model
         if self.ctx.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
-        self.schedule = make_schedule(cfg.sde.schedule, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.sigma)
         self.train_grid = time_grid(cfg.sde.grid, cfg.sde.train_nfe)
         self.eval_grid = time_grid(cfg.sde.grid, cfg.sde.eval_nfe)
         self.buffer = ReplayBuffer(cfg.train.buffer_size)

@@ -140,3 +140,18 @@ def test_skip_invalid_reports_and_continues(tmp_path, capsys):
     assert "skipping broken" in err and "skipping boron" in err and "skipped 2 of 3" in err
     ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
     assert ck["molecules"] == [["CCO", "good"]]
+
+
+def test_energy_gradient_controller_trains_and_samples_with_mmff(tmp_path):
+    """model.energy_gradient on a molecule: the checkpoint rebuilds its energy (MMFF) to sample."""
+    run = tmp_path / "run"
+    assert run_cli("train", "--preset", "tiny", "--no-progress", f"run_dir={run}", "train.epochs=1", "sample.n=0",
+                   "model.energy_gradient=true", *FAST) == 0
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert any(k.startswith("beta.") for k in ck["model"]) and any(k.startswith("base.") for k in ck["model"])
+    out = tmp_path / "conf.xyz"
+    assert run_cli("sample", "--checkpoint", run / "checkpoint.pt", "--smiles", "CCO", "-n", 3, "-o", out, "--nfe", 10) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 * (9 + 2)
+    coords = [list(map(float, ln.split()[1:])) for ln in lines if len(ln.split()) == 4]
+    assert len(coords) == 27 and all(abs(c) < 1e3 for row in coords for c in row)

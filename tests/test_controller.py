@@ -70,3 +70,71 @@ def test_sde_samples_are_com_free_and_base_has_right_variance():
     assert torch.all(cost == 0)
     # exact base increments: var = h(1)^2 (n-1)/n even on a coarse grid
     assert abs(per.var(0).mean().item() - s.h1_sq * 4 / 5) < 0.05
+
+
+def _gradient_informed_lj13():
+    """A perturbed gradient-informed controller on two LJ-13 clusters, its adjoint field attached."""
+    from adjoint_sampling.config import load_config
+    from adjoint_sampling.controllers import build_controller
+    from adjoint_sampling.graphs import point_cloud_graph
+    from adjoint_sampling.schedules import make_schedule
+    from adjoint_sampling.trainer import make_adjoint_field
+    from energies.registry import make_energy
+
+    cfg = load_config("lj13", ["model.energy_gradient=true", "model.hidden=16", "model.max_output_norm=0"])
+    torch.manual_seed(0)
+    model = build_controller(cfg.model).double()
+    for p in model.parameters():  # non-zero beta(t) and a non-trivial coordinate path
+        p.data += 0.05 * torch.randn_like(p)
+    h1_sq = make_schedule(cfg.sde.schedule, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.sigma).h1_sq
+    model.attach(make_adjoint_field(make_energy(cfg.energy), cfg, h1_sq))
+    graphs = collate([point_cloud_graph(13, name="lj13")] * 2, [0])
+    gen = torch.Generator().manual_seed(2)
+    lattice = torch.stack(torch.meshgrid(*[torch.arange(3.0)] * 3, indexing="ij"), -1).reshape(-1, 3)[:13] * 1.1
+    x = lattice.double() + 0.1 * torch.randn(2, 13, 3, generator=gen, dtype=torch.float64)
+    x = (x - x.mean(1, keepdim=True)).reshape(-1, 3)  # COM-free, as every SDE and bridge state is
+    return cfg, model, graphs, x, h1_sq, gen
+
+
+def test_gradient_informed_term_is_minus_beta_times_the_adjoint_by_hand():
+    from energies.synthetic import lennard_jones_energy
+
+    cfg, model, graphs, x, h1_sq, _ = _gradient_informed_lj13()
+    t = torch.tensor(0.8, dtype=torch.float64)
+    xr = x.reshape(2, 13, 3).clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(lennard_jones_energy(xr).sum(), xr)
+    a = (grad - xr.detach() / h1_sq).reshape(-1, 3)
+    norm = a.norm(dim=-1, keepdim=True)
+    a = a * torch.clamp(cfg.loss.max_score_norm / norm, max=1.0)
+    a = a - a.reshape(2, 13, 3).mean(1, keepdim=True).repeat_interleave(13, 0).reshape(-1, 3)
+    beta = model.beta(model.base._time_features(t.reshape(1).expand(26), 26, torch.float64))
+    assert beta.abs().min() > 1e-3 and a.abs().max() > 1.0  # the check below is not vacuous
+    term = model(t, x, graphs) - model.base(t, x, graphs)
+    assert torch.allclose(term, -beta * a, atol=1e-8, rtol=1e-6)
+
+
+def test_gradient_informed_controller_is_equivariant_and_permutation_equivariant():
+    _, model, graphs, x, _, gen = _gradient_informed_lj13()
+    t = torch.tensor(0.4, dtype=torch.float64)
+    v = model(t, x, graphs)
+    rot = _random_rotation(gen)
+    shift = torch.randn(graphs.num_graphs, 3, generator=gen, dtype=torch.float64)[graphs.batch]
+    assert torch.allclose(model(t, x @ rot.T + shift, graphs), v @ rot.T, atol=1e-6, rtol=0)
+    mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(model(t, x @ mirror, graphs), v @ mirror, atol=1e-6, rtol=0)
+    perm = torch.cat([torch.randperm(13, generator=gen), 13 + torch.randperm(13, generator=gen)])
+    assert torch.allclose(model(t, x[perm], graphs), v[perm], atol=1e-6, rtol=0)
+
+
+def test_gradient_informed_controller_survives_overlaps_and_needs_an_energy():
+    _, model, graphs, x, _, _ = _gradient_informed_lj13()
+    x = x.clone()
+    x[1] = x[0]  # two particles on top of each other: the LJ force is not finite there
+    x[2] = x[0] + 1e-9
+    v = model(torch.tensor(0.9, dtype=torch.float64), x, graphs)
+    assert torch.isfinite(v).all()
+    model.field = None
+    import pytest
+
+    with pytest.raises(RuntimeError, match="attach an energy"):
+        model(torch.tensor(0.5, dtype=torch.float64), x, graphs)
