@@ -136,12 +136,9 @@ class GradientInformedController(nn.Module):
     def forward(self, t: torch.Tensor, x: torch.Tensor, graphs: GraphBatch) -> torch.Tensor:
         if self.field is None:
             raise RuntimeError("this controller uses energy gradients (model.energy_gradient): attach an energy first")
-        n = x.shape[0]
-        if t.dim() == 0 or t.numel() == 1:
-            t = t.reshape(1).expand(n)
         with torch.no_grad():
-            a = self.field(x.detach(), graphs).to(x.dtype)
-        beta = self.beta(self.base._time_features(t, n, x.dtype))
+            a = self.field(x, graphs)
+        beta = self.beta(self.base._time_features(t, x.shape[0], x.dtype))  # expands a scalar t itself
         return self.base(t, x, graphs) - beta * a
 
 
@@ -151,4 +148,4 @@ def build_controller(model_cfg) -> nn.Module:
         n_elements=len(model_cfg.elements), hidden=model_cfg.hidden, layers=model_cfg.layers,
         time_features=model_cfg.time_features, max_output_norm=model_cfg.max_output_norm,
     )
-    return GradientInformedController(egnn) if getattr(model_cfg, "energy_gradient", False) else egnn
+    return GradientInformedController(egnn) if model_cfg.energy_gradient else egnn
