@@ -49,7 +49,7 @@ class Sampler:
         for start in range(0, n, batch_size):
             k = min(batch_size, n - start)
             graphs = collate([graph] * k, self.cfg.model.elements).to(self.device)
-            x1, _ = integrate(self.model, graphs, self.schedule, grid, 3, gen)
+            x1 = integrate(self.model, graphs, self.schedule, grid, 3, gen).x1
             out.append(x1.double().cpu().numpy().reshape(k, graph.num_atoms, 3))
         return np.concatenate(out)
 

@@ -6,10 +6,16 @@ Within a step the controller output v is held fixed and g(t)^2 is integrated exa
 control cost (½ Δh² ‖v‖²). The uncontrolled process then has exactly the base marginals on any grid;
 the left-point rule g(t)^2 Δt would inflate X_1's variance, since the geometric g(t) changes by a
 factor σ_max/σ_min over [0, 1], and would overshoot the drift where g is largest.
+
+Each simulated path also carries log dP^u/dP^base, the log Radon–Nikodym derivative of the
+controlled path measure against the base one. For this Euler–Maruyama chain it is exact per step:
+the two transitions are Gaussians of covariance Δh²·I that differ only in their mean (Δh²·v), so
+log N(ΔX; Δh² v, Δh²) − log N(ΔX; 0, Δh²) = ½ Δh² ‖v‖² + √Δh² v·ξ with ξ the step's noise.
+``adjoint_sampling.importance`` turns it into importance weights against the Boltzmann target.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch_geometric.utils import scatter
@@ -33,6 +39,20 @@ def com_free_noise(shape, batch: torch.Tensor, num_graphs: int, generator=None, 
     return remove_com(z, batch, num_graphs)
 
 
+class SDEPath(NamedTuple):
+    """End of a batch of simulated paths.
+
+    x1: terminal positions [N, dim] (Å), COM-free per molecule copy.
+    cost: control cost ∫ ½‖u‖² dt per copy [B] (float64).
+    log_rn: log dP^u/dP^base of each path [B] (float64): the cost plus the stochastic integral
+      ∫ u·dB. Its mean is the cost's; per path it is what importance weights need.
+    """
+
+    x1: torch.Tensor
+    cost: torch.Tensor
+    log_rn: torch.Tensor
+
+
 @torch.no_grad()
 def integrate(
     controller: Optional[Controller],
@@ -42,15 +62,17 @@ def integrate(
     dim: int = 3,
     generator: Optional[torch.Generator] = None,
     dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> SDEPath:
     """Simulate from X_0 = 0 along ``grid``. controller=None gives the uncontrolled base process.
 
-    Returns X_1 [N, dim] (Å) and the control cost ∫ ½‖u‖² dt per molecule copy [B].
+    Returns an SDEPath: X_1 [N, dim] (Å), the control cost ∫ ½‖u‖² dt and log dP^u/dP^base per
+    molecule copy [B].
     """
     device = graphs.batch.device
     n, b = graphs.num_atoms, graphs.num_graphs
     x = torch.zeros(n, dim, dtype=dtype, device=device)
     cost = torch.zeros(b, dtype=torch.float64, device=device)
+    noise_work = torch.zeros(b, dtype=torch.float64, device=device)  # Σ √Δh² v·ξ = ∫ u·dB
     grid = grid.to(device=device, dtype=torch.float64)
     for k in range(len(grid) - 1):
         t = grid[k]
@@ -61,6 +83,9 @@ def integrate(
             v = controller(t.to(dtype), x, graphs)
             step = step + dh2 * v
             # ∫ ½‖u‖² dt with u = g·v and v held over the step
-            cost += 0.5 * dh2 * scatter((v.double() ** 2).sum(-1), graphs.batch, dim=0, dim_size=b, reduce="sum")
+            vd = v.double()
+            cost += 0.5 * dh2 * scatter((vd ** 2).sum(-1), graphs.batch, dim=0, dim_size=b, reduce="sum")
+            noise_work += dh2.sqrt() * scatter((vd * noise.double()).sum(-1), graphs.batch, dim=0, dim_size=b,
+                                               reduce="sum")
         x = remove_com(x + step.to(dtype), graphs.batch, b)
-    return x, cost
+    return SDEPath(x, cost, cost + noise_work)

@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exact-buffer", type=int, default=0, metavar="N",
                    help="diagnostic: train only on N ground-truth samples of the train split (val if none; exact RAM "
                         "targets, no resimulation), to separate the regression from the outer loop")
+    p.add_argument("--importance", type=int, default=0, metavar="K",
+                   help="also report the sampler corrected by importance resampling: draw K x --n-samples paths, "
+                        "weight each by log dP*/dP^u (exact for the simulated chain) and resample --n-samples of "
+                        "them; the first --n-samples paths are the plain sampler's (default 0: off)")
     p.add_argument("--progress", action="store_true", help="show a training progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.epochs=50")
 
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args, load_config, load_checkpoint) -> int:
-    from adjoint_sampling.synthetic import SyntheticError, draw_samples, get_system, load_split, make_trainer
+    from adjoint_sampling.synthetic import (SyntheticError, draw_samples, draw_weighted_samples, get_system,
+                                            load_split, make_trainer)
     from adjoint_sampling.trainer import resume_state
     from benchmark.synthetic import comparison_table, plot_histograms, sample_metrics, subsample
 
@@ -80,6 +85,8 @@ def _run(args, load_config, load_checkpoint) -> int:
     floor_set = subsample(load_split(system, "val", args.data), args.n_samples, args.seed + 1)
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.importance < 0 or args.importance == 1:
+        raise SyntheticError(f"--importance takes K >= 2 candidate paths per sample (or 0: off), got {args.importance}")
     if args.procs < 1:
         raise SyntheticError(f"--procs must be at least 1, got {args.procs}")
     if args.exact_buffer < 0 or (args.exact_buffer and (args.procs > 1 or args.checkpoint)):
@@ -106,32 +113,63 @@ def _run(args, load_config, load_checkpoint) -> int:
     print(f"{system.name}: trained {trainer.epoch} epochs in {train_s:.1f} s")
 
     t1 = time.time()
-    samples = draw_samples(cfg, system.name, args.n_samples, trainer.model, seed=args.seed)
+    importance = None
+    if args.importance:
+        # the first n candidates are exactly the plain sampler's draw (same seed); the rest use the next seed
+        samples, log_w = draw_weighted_samples(cfg, system.name, args.n_samples, trainer.model, seed=args.seed)
+        more, more_w = draw_weighted_samples(cfg, system.name, (args.importance - 1) * args.n_samples,
+                                             trainer.model, seed=args.seed + 1)
+        candidates, log_w = np.concatenate([samples, more]), np.concatenate([log_w, more_w])
+        reweighted, importance = _importance_resample(candidates, log_w, args.n_samples, args.seed)
+        np.save(out / "samples_reweighted.npy", reweighted)
+        np.save(out / "candidate_log_weights.npy", log_w)
+    else:
+        samples = draw_samples(cfg, system.name, args.n_samples, trainer.model, seed=args.seed)
     sample_s = time.time() - t1
     base = draw_samples(cfg, system.name, args.n_samples, None, seed=args.seed)
     np.save(out / "samples.npy", samples)
     np.save(out / "base_samples.npy", base)
 
     opts = cfg.energy.options
-    columns = {
-        "sampler": sample_metrics(samples, reference, system, opts),
-        "untrained": sample_metrics(base, reference, system, opts),
-        "floor(val)": sample_metrics(floor_set, reference, system, opts),
-    }
+    columns = {"sampler": sample_metrics(samples, reference, system, opts)}
+    if importance is not None:
+        columns["sampler+IS"] = sample_metrics(reweighted, reference, system, opts)
+    columns["untrained"] = sample_metrics(base, reference, system, opts)
+    columns["floor(val)"] = sample_metrics(floor_set, reference, system, opts)
     published = {"energy_w2": system.published_energy_w2, "coordinate_w2": system.published_sample_w2}
     print(f"{system.name}: {args.n_samples} samples vs ground-truth test split ({sample_s:.1f} s to sample)")
     print(comparison_table(columns, published))
     print("published sample W2 uses an unstated convention; compare coordinate_w2 with the floor column")
+    if importance is not None:
+        print(f"sampler+IS: {args.n_samples} resampled from {importance['candidates']} weighted paths "
+              f"(ESS {importance['ess']:.0f} = {100 * importance['ess_fraction']:.1f}%, "
+              f"{importance['unique']} distinct); the published AS numbers are without importance weights")
     summary = {"system": system.name, "n_samples": args.n_samples, "epochs": trainer.epoch,
                "train_s": round(train_s, 1), "sample_s": round(sample_s, 1), "metrics": columns,
                "published": published, "overrides": list(args.overrides),
-               "exact_buffer": args.exact_buffer}
+               "exact_buffer": args.exact_buffer, "importance": importance}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     if not args.no_plot:
-        png = plot_histograms(out / "histograms.png", system, reference,
-                              {"sampler": samples, "untrained base": base}, opts)
+        shown = {"sampler": samples, "untrained base": base}
+        if importance is not None:
+            shown["sampler + importance resampling"] = reweighted
+        png = plot_histograms(out / "histograms.png", system, reference, shown, opts)
         print(f"wrote {out / 'samples.npy'}, {out / 'metrics.json'}, {png}")
     return 0
+
+
+def _importance_resample(candidates: np.ndarray, log_w: np.ndarray, n: int, seed: int):
+    """(n rows resampled ∝ w from the candidates, summary dict with the ESS and the number of distinct rows)."""
+    import torch
+
+    from adjoint_sampling.importance import effective_sample_size, systematic_resample
+
+    lw = torch.as_tensor(log_w)
+    idx = systematic_resample(lw, n, torch.Generator().manual_seed(seed)).numpy()
+    ess = effective_sample_size(lw)
+    summary = {"candidates": len(candidates), "ess": round(ess, 1), "ess_fraction": round(ess / len(candidates), 4),
+               "unique": int(len(np.unique(idx)))}
+    return candidates[idx], summary
 
 
 def _train_distributed(args, cfg, system: str, out: Path) -> None:

@@ -26,7 +26,8 @@ from adjoint_sampling.graphs import GraphBatch, MoleculeGraph, collate
 from adjoint_sampling.loss import (
     adjoint_target, log_pbase, ram_loss, ram_loss_posterior, soc_objective, symmetry_copies,
 )
-from adjoint_sampling.regularizer import regularizer_grad
+from adjoint_sampling.importance import effective_sample_size, log_weights
+from adjoint_sampling.regularizer import regularizer_energy, regularizer_grad
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
 from energies.base import EnergyBatch, EnergyModel
@@ -175,12 +176,12 @@ class Trainer:
         return self._batch_cache[k]
 
     def simulate(self, mol_indices: list[int], grid: torch.Tensor, generator: Optional[torch.Generator] = None):
-        """Integrate the controlled SDE for these molecule copies: (graphs, X_1 [N, d] Å, control cost [B])."""
+        """Integrate the controlled SDE for these molecule copies: (graphs, SDEPath with X_1 [N, d] Å)."""
         graphs = self.batch_of(mol_indices)
         self.model.eval()
-        x1, cost = integrate(self.model, graphs, self.schedule, grid, self.dim, generator or self.sim_gen)
+        path = integrate(self.model, graphs, self.schedule, grid, self.dim, generator or self.sim_gen)
         self.model.train()
-        return graphs, x1, cost
+        return graphs, path
 
     def evaluate_energy(self, graphs: GraphBatch, x1: torch.Tensor):
         """Energies (eV) [B], ∇E (eV/Å) [N, d] and a finite mask [B]."""
@@ -207,7 +208,8 @@ class Trainer:
         per_rank = max(1, self.cfg.train.samples_per_epoch // self.ctx.world_size)
         mol_idx = self._molecule_indices(per_rank)
         t0 = time.time()
-        graphs, x1, _ = self.simulate(mol_idx, self.train_grid)
+        graphs, path = self.simulate(mol_idx, self.train_grid)
+        x1 = path.x1
         t1 = time.time()
         energy, ok = self.store(mol_idx, graphs, x1)
         t2 = time.time()
@@ -276,21 +278,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, n_samples: Optional[int] = None, seed: int = 12345) -> dict:
-        """SOC objective and energy statistics of fresh samples (eval NFE grid).
+        """SOC objective, energy statistics and importance ESS of fresh samples (eval NFE grid).
 
         The same molecules and noise at every call (common random numbers), so values are
         comparable across epochs, and training's own random streams are left untouched.
+        eval_ess is the Kish effective sample size of the paths' importance weights against the
+        target, as a fraction of the copies of each molecule, averaged over molecules: 1 for a
+        perfect sampler, and needing no reference data.
         """
         n = n_samples or self.cfg.train.eval_samples
         per_rank = max(1, n // self.ctx.world_size)
         pick_gen = torch.Generator().manual_seed(seed + self.ctx.rank)
         noise_gen = torch.Generator(device=self.device).manual_seed(seed + 7919 + self.ctx.rank)
         mol_idx = self._molecule_indices(per_rank, pick_gen)
-        graphs, x1, cost = self.simulate(mol_idx, self.eval_grid, noise_gen)
-        energy, _, ok = self.evaluate_energy(graphs, x1)
-        lp = log_pbase(x1, graphs, self.schedule.h1_sq).cpu()
-        soc = soc_objective(cost.cpu(), energy, lp, self.cfg.loss.tau)[ok]
-        stats = torch.tensor([soc.sum(), float(len(soc)), energy[ok].sum(), float((~ok).sum())], dtype=torch.float64)
+        graphs, path = self.simulate(mol_idx, self.eval_grid, noise_gen)
+        energy, _, ok = self.evaluate_energy(graphs, path.x1)
+        lp = log_pbase(path.x1, graphs, self.schedule.h1_sq).cpu()
+        soc = soc_objective(path.cost.cpu(), energy, lp, self.cfg.loss.tau)[ok]
+        reg = regularizer_energy(path.x1, graphs, self.cfg.loss.reg_alpha).cpu() if self.cfg.loss.reg_alpha else None
+        ess_sum, n_mol = _ess_per_molecule(log_weights(energy, lp, path.log_rn.cpu(), self.cfg.loss.tau, reg), mol_idx)
+        stats = torch.tensor([soc.sum(), float(len(soc)), energy[ok].sum(), float((~ok).sum()), ess_sum, n_mol],
+                             dtype=torch.float64)
         if self.ctx.enabled:
             dist.all_reduce(stats)
         count = stats[1].item()
@@ -299,6 +307,7 @@ class Trainer:
             "soc": stats[0].item() / count if count else nan,
             "eval_energy_mean": stats[2].item() / count if count else nan,
             "eval_failed": int(stats[3].item()),
+            "eval_ess": stats[4].item() / stats[5].item() if stats[5].item() else nan,
         }
 
     # ------------------------------------------------------------------ state
@@ -355,7 +364,7 @@ class Trainer:
             return
         path = self.run_dir / LOG_NAME
         fields = ["epoch", "time_s", "loss", "buffer", "n_samples", "n_failed", "energy_mean", "energy_min",
-                  "soc", "eval_energy_mean", "eval_failed", "sim_s", "energy_s", "train_s"]
+                  "soc", "eval_energy_mean", "eval_failed", "eval_ess", "sim_s", "energy_s", "train_s"]
         new = not path.exists()
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -398,6 +407,19 @@ class Trainer:
         if self.total_failed:
             self.log(f"{self.total_failed} samples had non-finite energies or forces and were kept out of the buffer")
         return last
+
+
+def _ess_per_molecule(log_w: torch.Tensor, mol_idx: list[int]) -> tuple[float, float]:
+    """(Σ over molecules of ESS / copies, number of molecules with a finite weight); weights of different
+    molecules are never mixed, since each has its own normalising constant."""
+    total, count = 0.0, 0
+    idx = torch.tensor(mol_idx)
+    for m in idx.unique():
+        lw = log_w[idx == m]
+        if torch.isfinite(lw).any():
+            total += effective_sample_size(lw) / len(lw)
+            count += 1
+    return total, float(count)
 
 
 def resume_state(run_dir: str | Path) -> dict:

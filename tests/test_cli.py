@@ -27,6 +27,9 @@ def test_train_resume_sample_end_to_end(tmp_path, capsys):
     assert ck["epoch"] == 2 and len(ck["buffers"][0]["keys"]) > 0
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + 2 epochs
+    # the tiny preset evaluates at epoch 2: a data-free importance ESS fraction in (0, 1]
+    last = dict(zip(rows[0].split(","), rows[2].split(",")))
+    assert 0 < float(last["eval_ess"]) <= 1
 
     # resume continues where it stopped (epochs 3-4), keeps the buffer and the log
     assert run_cli("train", "--resume", run, "--no-progress", "train.epochs=4") == 0

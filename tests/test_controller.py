@@ -63,11 +63,11 @@ def test_sde_samples_are_com_free_and_base_has_right_variance():
     g = graph_from_smiles("C")  # 5 atoms
     k = 2000
     graphs = collate([g] * k, DEFAULT_ELEMENTS)
-    x1, cost = integrate(None, graphs, s, time_grid("uniform", 50), generator=torch.Generator().manual_seed(0),
+    x1, cost, log_rn = integrate(None, graphs, s, time_grid("uniform", 50), generator=torch.Generator().manual_seed(0),
                          dtype=torch.float64)
     per = x1.reshape(k, 5, 3)
     assert per.sum(1).abs().max() < 1e-9
-    assert torch.all(cost == 0)
+    assert torch.all(cost == 0) and torch.all(log_rn == 0)
     # exact base increments: var = h(1)^2 (n-1)/n even on a coarse grid
     assert abs(per.var(0).mean().item() - s.h1_sq * 4 / 5) < 0.05
 

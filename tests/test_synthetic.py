@@ -194,6 +194,47 @@ def test_eval_synthetic_command_end_to_end(tmp_path, capsys, procs):
     assert "energy_w2" in capsys.readouterr().out
 
 
+def test_eval_synthetic_importance_adds_a_reweighted_column(tmp_path, capsys):
+    import json
+
+    from adjoint_sampling.cli import main
+    from adjoint_sampling.synthetic import draw_weighted_samples
+
+    data = _fake_ground_truth(tmp_path / "gt")
+    out = tmp_path / "run"
+    tiny = ["train.epochs=1", "train.grad_steps=2", "train.samples_per_epoch=8", "train.batch_size=8",
+            "sde.train_nfe=10", "sde.eval_nfe=10"]
+    rc = main(["eval-synthetic", "--system", "dw4", "--data", str(data), "--out", str(out), "--n-samples", "20",
+               "--no-plot", "--importance", "3", *tiny])
+    assert rc == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert list(summary["metrics"]) == ["sampler", "sampler+IS", "untrained", "floor(val)"]
+    imp = summary["importance"]
+    assert imp["candidates"] == 60 and 1 <= imp["ess"] <= 60 and 1 <= imp["unique"] <= 20
+    log_w = np.load(out / "candidate_log_weights.npy")
+    reweighted = np.load(out / "samples_reweighted.npy")
+    assert log_w.shape == (60,) and reweighted.shape == (20, 8)
+    # the plain sampler's samples are the first candidates: same seed, same paths as draw_samples
+    from adjoint_sampling.checkpoint import load_checkpoint
+    from adjoint_sampling.config import load_config
+
+    cfg = load_config("dw4", tiny)
+    trainer = make_trainer(cfg, "dw4", tmp_path / "again")
+    trainer.load_state_dict(load_checkpoint(out / "checkpoint.pt"))
+    samples = np.load(out / "samples.npy")
+    np.testing.assert_array_equal(samples, draw_samples(cfg, "dw4", 20, trainer.model, seed=0))
+    first, lw_first = draw_weighted_samples(cfg, "dw4", 20, trainer.model, seed=0)
+    rest, lw_rest = draw_weighted_samples(cfg, "dw4", 40, trainer.model, seed=1)
+    np.testing.assert_array_equal(first, samples)
+    np.testing.assert_allclose(np.concatenate([lw_first, lw_rest]), log_w)
+    cand = np.concatenate([first, rest])
+    # every reweighted row is one of the candidates
+    assert all((np.abs(cand - row).max(axis=1) == 0).any() for row in reweighted)
+    assert "sampler+IS" in capsys.readouterr().out
+    assert main(["eval-synthetic", "--data", str(data), "--out", str(out), "--importance", "1"]) == 2
+    assert "--importance" in capsys.readouterr().err
+
+
 def test_eval_synthetic_bad_input_is_one_line_error(tmp_path, capsys):
     from adjoint_sampling.cli import main
 
