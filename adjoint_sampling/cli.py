@@ -183,8 +183,8 @@ def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=
     graphs = [sampler.graph(smi, name) for smi, name in entries]  # validate all before sampling any
     records = []
     for g in graphs:
-        coords = sampler.sample_graph(g, n, seed=seed, nfe=nfe)
-        energies = [None] * n
+        coords, log_rn = sampler.sample_graph(g, n, seed=seed, nfe=nfe, with_log_rn=True)
+        energies, log_w = [None] * n, [None] * n
         if energy is not None:
             energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name)
             batch = collate([g] * n, sampler.cfg.model.elements)
@@ -200,10 +200,28 @@ def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=
                 x = torch.as_tensor(coords.reshape(-1, 3))
             result = energy(energy_batch(batch, x))
             energies = [float(e) for e in result.energy]
-        records += [ConformerRecord(g.name, g.smiles, g.mol, coords[k], energies[k]) for k in range(n)]
+            if not relax:  # relaxed conformers are no longer the sampler's paths: no weights for them
+                log_w = _report_weights(sampler, g, coords, np.asarray(energies), log_rn)
+        records += [ConformerRecord(g.name, g.smiles, g.mol, coords[k], energies[k], log_w[k]) for k in range(n)]
     stats = write_conformers(records, out)
     print(f"wrote {stats['written']} conformers to {out} ({stats['bad_connectivity']} with changed connectivity, "
           f"{stats['bad_stereo']} with changed stereochemistry)", flush=True)
+
+
+def _report_weights(sampler, graph, coords, energies, log_rn) -> list:
+    """Self-normalised log importance weights of one molecule's conformers; prints their ESS."""
+    from adjoint_sampling.importance import effective_sample_size
+
+    import numpy as np
+    import torch
+
+    if not np.isfinite(energies).any():
+        return [None] * len(coords)
+    lw = sampler.log_weights(graph, coords, energies, log_rn)
+    ess = effective_sample_size(torch.as_tensor(lw))
+    print(f"{graph.name}: importance ESS {ess:.1f} of {len(coords)} conformers "
+          f"(weights against exp(-E/tau) at the checkpoint's tau = {sampler.cfg.loss.tau:g} eV)", flush=True)
+    return [float(v) for v in lw]
 
 
 def cmd_sample(args) -> int:
@@ -257,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="samples.sdf", help="output .sdf or .xyz [samples.sdf]")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--nfe", type=int, default=None, help="integration steps (default: the checkpoint's eval NFE)")
-    s.add_argument("--energy", default="none", help="energy to annotate samples with (xtb, mmff, ...) [none]")
+    s.add_argument("--energy", default="none", help="energy to annotate samples with (xtb, mmff, ...); also writes each "
+                   "conformer's log importance weight against exp(-E/tau) (log_weight) unless --relax [none]")
     s.add_argument("--workers", type=int, default=2)
     s.add_argument("--relax", action="store_true", help="relax samples with --energy before writing")
     s.add_argument("--device", default="cpu")

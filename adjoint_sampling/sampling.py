@@ -19,6 +19,9 @@ from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint
 from adjoint_sampling.config import Config, config_from_dict
 from adjoint_sampling.controllers import AdjointField, GradientInformedController, build_controller
 from adjoint_sampling.graphs import MoleculeGraph, check_elements, collate, graph_from_smiles
+from adjoint_sampling.importance import log_weights, normalized_weights
+from adjoint_sampling.loss import log_pbase
+from adjoint_sampling.regularizer import regularizer_energy
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
 from adjoint_sampling.trainer import make_adjoint_field
@@ -39,19 +42,41 @@ class Sampler:
         return g
 
     def sample_graph(self, graph: MoleculeGraph, n: int, seed: int = 0, nfe: Optional[int] = None,
-                     batch_size: int = 256) -> np.ndarray:
-        """n conformers [n, atoms, 3] (Å) of one molecule graph."""
+                     batch_size: int = 256, with_log_rn: bool = False):
+        """n conformers [n, atoms, 3] (Å) of one molecule graph.
+
+        with_log_rn: also return each path's log dP^u/dP^base [n], the ingredient of ``log_weights``.
+        """
         if n < 1:
             raise ValueError(f"number of samples must be >= 1, got {n}")
         grid = time_grid(self.cfg.sde.grid, nfe or self.cfg.sde.eval_nfe)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        out = []
+        out, log_rn = [], []
         for start in range(0, n, batch_size):
             k = min(batch_size, n - start)
             graphs = collate([graph] * k, self.cfg.model.elements).to(self.device)
-            x1 = integrate(self.model, graphs, self.schedule, grid, 3, gen).x1
-            out.append(x1.double().cpu().numpy().reshape(k, graph.num_atoms, 3))
-        return np.concatenate(out)
+            path = integrate(self.model, graphs, self.schedule, grid, 3, gen)
+            out.append(path.x1.double().cpu().numpy().reshape(k, graph.num_atoms, 3))
+            log_rn.append(path.log_rn.cpu().numpy())
+        coords = np.concatenate(out)
+        return (coords, np.concatenate(log_rn)) if with_log_rn else coords
+
+    def log_weights(self, graph: MoleculeGraph, coords: np.ndarray, energies: np.ndarray, log_rn: np.ndarray) -> np.ndarray:
+        """Self-normalised log importance weights [n] of sampled conformers of one molecule.
+
+        coords [n, atoms, 3] (Å) and log_rn [n] from ``sample_graph(..., with_log_rn=True)``; energies [n]
+        in eV. The target is the one the sampler was trained for: exp(−E/τ − E_reg) with the checkpoint's
+        τ (eV) and regulariser. Weights sum to 1 (log-sum-exp 0); a non-finite energy gives −inf.
+        """
+        n = len(coords)
+        graphs = collate([graph] * n, self.cfg.model.elements)
+        x = torch.as_tensor(coords, dtype=torch.float64).reshape(-1, 3)
+        lc = self.cfg.loss
+        reg = regularizer_energy(x, graphs, lc.reg_alpha) if lc.reg_alpha else None
+        lw = log_weights(torch.as_tensor(energies, dtype=torch.float64), log_pbase(x, graphs, self.schedule.h1_sq),
+                         torch.as_tensor(log_rn), lc.tau, reg)
+        normalized_weights(lw)  # raises if no conformer has a finite weight
+        return (lw - torch.logsumexp(lw, 0)).numpy()  # not log(softmax): tiny weights must not underflow to −inf
 
     def sample(self, smiles: str, n: int, seed: int = 0, nfe: Optional[int] = None) -> np.ndarray:
         """n conformers [n, atoms, 3] (Å) in the atom order of Chem.AddHs(Chem.MolFromSmiles(smiles))."""
@@ -143,6 +168,7 @@ class ConformerRecord:
     mol: Chem.Mol
     coords: np.ndarray
     energy: Optional[float] = None
+    log_weight: Optional[float] = None  # self-normalised log importance weight within its molecule
 
 
 def write_conformers(records: Sequence[ConformerRecord], path: str | Path) -> dict:
@@ -162,6 +188,7 @@ def write_conformers(records: Sequence[ConformerRecord], path: str | Path) -> di
             bad_conn += not conn_ok
             bad_stereo += not stereo_ok
             energy = "nan" if r.energy is None else f"{r.energy:.6f}"
+            log_w = "" if r.log_weight is None else f" log_weight={r.log_weight:.6g}"
             if writer is not None:
                 m = conformer_mol(r.mol, r.coords)
                 m.SetProp("_Name", f"{r.name}_{k}")
@@ -169,10 +196,12 @@ def write_conformers(records: Sequence[ConformerRecord], path: str | Path) -> di
                 m.SetProp("energy_eV", energy)
                 m.SetProp("connectivity_ok", str(int(conn_ok)))
                 m.SetProp("stereo_ok", str(int(stereo_ok)))
+                if r.log_weight is not None:
+                    m.SetProp("log_weight", f"{r.log_weight:.6g}")
                 writer.write(m)
             else:
                 f.write(f"{len(r.coords)}\n")
-                f.write(f"{r.name}_{k} smiles={r.smiles} energy_eV={energy} connectivity_ok={int(conn_ok)} stereo_ok={int(stereo_ok)}\n")
+                f.write(f"{r.name}_{k} smiles={r.smiles} energy_eV={energy} connectivity_ok={int(conn_ok)} stereo_ok={int(stereo_ok)}{log_w}\n")
                 for atom, p in zip(r.mol.GetAtoms(), r.coords):
                     f.write(f"{atom.GetSymbol():<2} {p[0]:14.8f} {p[1]:14.8f} {p[2]:14.8f}\n")
         if writer is not None:

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rdkit import Chem
@@ -51,11 +52,30 @@ def test_train_resume_sample_end_to_end(tmp_path, capsys):
         assert _bonds(m) == _bonds(ref)  # SMILES bonds, not perceived ones
         assert float(m.GetProp("energy_eV")) == float(m.GetProp("energy_eV"))  # a number
         assert m.GetProp("connectivity_ok") in ("0", "1") and m.GetProp("stereo_ok") in ("0", "1")
+    # with an energy, each conformer carries its self-normalised importance weight (they sum to 1)
+    log_w = np.array([float(m.GetProp("log_weight")) for m in mols])
+    assert np.exp(log_w).sum() == pytest.approx(1.0, rel=1e-4)
+    assert "importance ESS" in capsys.readouterr().out
+
+    from adjoint_sampling.sampling import load_sampler
+
+    sampler = load_sampler(run / "checkpoint.pt")
+    g = sampler.graph("CC(C)O")
+    coords, log_rn = sampler.sample_graph(g, 4, seed=0, nfe=10, with_log_rn=True)
+    energies = np.array([0.0, 0.01, 0.02, 0.03])
+    lw = sampler.log_weights(g, coords, energies, log_rn)
+    lw_shifted = sampler.log_weights(g, coords, energies + 5.0, log_rn)  # a constant offset cancels
+    np.testing.assert_allclose(lw, lw_shifted, atol=1e-9)
+    bumped = energies.copy()
+    bumped[0] += sampler.cfg.loss.tau  # one conformer kT higher: its weight falls by e relative to the rest
+    lw_b = sampler.log_weights(g, coords, bumped, log_rn)
+    assert (lw_b[0] - lw_b[1]) - (lw[0] - lw[1]) == pytest.approx(-1.0, abs=1e-9)
 
     xyz = tmp_path / "conf.xyz"
     assert run_cli("sample", "--checkpoint", run / "checkpoint.pt", "--smiles", "CCO", "CCN", "-n", 2, "-o", xyz, "--nfe", 5) == 0
     lines = xyz.read_text().splitlines()
     assert lines[0] == "9" and len(lines) == 2 * (9 + 2) + 2 * (10 + 2)
+    assert "log_weight" not in lines[1]  # no energy, no weights
 
 
 def _error(capsys, *args):
