@@ -17,6 +17,10 @@ from typing import Optional
 
 import torch
 
+from adjoint_sampling.graphs import GraphBatch
+from adjoint_sampling.loss import log_pbase
+from adjoint_sampling.regularizer import regularizer_energy
+
 
 def log_weights(energy: torch.Tensor, log_p1: torch.Tensor, log_rn: torch.Tensor, tau: float,
                 reg_energy: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -32,6 +36,18 @@ def log_weights(energy: torch.Tensor, log_p1: torch.Tensor, log_rn: torch.Tensor
     if reg_energy is not None:
         lw = lw - reg_energy.double()
     return torch.where(torch.isfinite(lw), lw, torch.full_like(lw, -torch.inf))
+
+
+def path_log_weights(x1: torch.Tensor, graphs: GraphBatch, energy: torch.Tensor, log_rn: torch.Tensor,
+                     h1_sq: float, tau: float, reg_alpha: float = 0.0) -> torch.Tensor:
+    """``log_weights`` of simulated paths from their terminal positions x1 [N, d] (Å) and graphs.
+
+    Adds what the positions determine: log p_1^base(X_1) with the schedule's h(1)² (Å²) and, when
+    reg_alpha > 0, the bond-structure regulariser the run was trained with. Result on the CPU [B].
+    """
+    lp = log_pbase(x1, graphs, h1_sq).cpu()
+    reg = regularizer_energy(x1, graphs, reg_alpha).cpu() if reg_alpha else None
+    return log_weights(energy.cpu(), lp, log_rn.cpu(), tau, reg)
 
 
 def normalized_weights(log_w: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,7 @@ from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint
 from adjoint_sampling.config import Config, config_from_dict
 from adjoint_sampling.controllers import AdjointField, GradientInformedController, build_controller
 from adjoint_sampling.graphs import MoleculeGraph, check_elements, collate, graph_from_smiles
-from adjoint_sampling.importance import log_weights, normalized_weights
-from adjoint_sampling.loss import log_pbase
-from adjoint_sampling.regularizer import regularizer_energy
+from adjoint_sampling.importance import normalized_weights, path_log_weights
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
 from adjoint_sampling.trainer import make_adjoint_field
@@ -68,13 +66,11 @@ class Sampler:
         in eV. The target is the one the sampler was trained for: exp(−E/τ − E_reg) with the checkpoint's
         τ (eV) and regulariser. Weights sum to 1 (log-sum-exp 0); a non-finite energy gives −inf.
         """
-        n = len(coords)
-        graphs = collate([graph] * n, self.cfg.model.elements)
+        graphs = collate([graph] * len(coords), self.cfg.model.elements)
         x = torch.as_tensor(coords, dtype=torch.float64).reshape(-1, 3)
         lc = self.cfg.loss
-        reg = regularizer_energy(x, graphs, lc.reg_alpha) if lc.reg_alpha else None
-        lw = log_weights(torch.as_tensor(energies, dtype=torch.float64), log_pbase(x, graphs, self.schedule.h1_sq),
-                         torch.as_tensor(log_rn), lc.tau, reg)
+        lw = path_log_weights(x, graphs, torch.as_tensor(energies, dtype=torch.float64), torch.as_tensor(log_rn),
+                              self.schedule.h1_sq, lc.tau, lc.reg_alpha)
         normalized_weights(lw)  # raises if no conformer has a finite weight
         return (lw - torch.logsumexp(lw, 0)).numpy()  # not log(softmax): tiny weights must not underflow to −inf
 

@@ -19,6 +19,7 @@ from adjoint_sampling.buffer import ReplayBuffer
 from adjoint_sampling.config import Config
 from adjoint_sampling.graphs import collate, point_cloud_graph
 from adjoint_sampling.importance import log_weights
+from adjoint_sampling.loss import log_pbase
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
 from adjoint_sampling.trainer import DistContext, Trainer
@@ -201,34 +202,28 @@ def draw_weighted_samples(
     cfg.loss.tau, unnormalised; for the base process (controller=None) they reduce to −E/τ up to a constant.
     """
     sysm = get_system(system)
-    samples, log_rn = _simulate(cfg, system, n, controller, seed, chunk, nfe)
-    x = torch.as_tensor(to_particles(samples, sysm, center=False))
-    energy = system_energy(sysm, cfg.energy.options).energy_fn(x)
-    h1_sq = _schedule(cfg).h1_sq
-    log_p1 = -0.5 * x.pow(2).sum(dim=(1, 2)) / h1_sq  # log N(0, h1²) up to a constant (samples are COM-free)
-    return samples, log_weights(energy, log_p1, torch.as_tensor(log_rn), cfg.loss.tau).numpy()
-
-
-def _schedule(cfg: Config):
-    sc = cfg.sde
-    return make_schedule(sc.schedule, sc.sigma_min, sc.sigma_max, sc.sigma)
+    samples, log_rn, log_p1 = _simulate(cfg, system, n, controller, seed, chunk, nfe)
+    energy = system_energy(sysm, cfg.energy.options).energy_fn(torch.as_tensor(to_particles(samples, sysm, center=False)))
+    return samples, log_weights(energy, torch.as_tensor(log_p1), torch.as_tensor(log_rn), cfg.loss.tau).numpy()
 
 
 def _simulate(cfg: Config, system: str, n: int, controller, seed: int, chunk: int, nfe: Optional[int]):
-    """(samples [n, n·d] float32, log dP^u/dP^base [n] float64) of n paths on the eval grid."""
+    """(samples [n, n·d] float32, log dP^u/dP^base [n], log p_1^base(X_1) [n]) of n paths on the eval grid."""
     sysm = get_system(system)
-    schedule = _schedule(cfg)
-    grid = time_grid(cfg.sde.grid, nfe or cfg.sde.eval_nfe)
+    sc = cfg.sde
+    schedule = make_schedule(sc.schedule, sc.sigma_min, sc.sigma_max, sc.sigma)
+    grid = time_grid(sc.grid, nfe or sc.eval_nfe)
     device = next(controller.parameters()).device if controller is not None else torch.device("cpu")
     gen = torch.Generator(device=device).manual_seed(seed)
     graph = point_cloud_graph(sysm.n_particles, name=sysm.name)
     if controller is not None:
         controller.eval()
-    xs, rns = [], []
+    xs, rns, lps = [], [], []
     for start in range(0, n, chunk):
         k = min(chunk, n - start)
         graphs = collate([graph] * k, list(cfg.model.elements)).to(device)
         path = integrate(controller, graphs, schedule, grid, sysm.dim, gen)
         xs.append(path.x1.reshape(k, sysm.n_coords).cpu().numpy())
         rns.append(path.log_rn.cpu().numpy())
-    return np.concatenate(xs).astype(np.float32), np.concatenate(rns)
+        lps.append(log_pbase(path.x1, graphs, schedule.h1_sq).cpu().numpy())
+    return np.concatenate(xs).astype(np.float32), np.concatenate(rns), np.concatenate(lps)

@@ -26,8 +26,8 @@ from adjoint_sampling.graphs import GraphBatch, MoleculeGraph, collate
 from adjoint_sampling.loss import (
     adjoint_target, log_pbase, ram_loss, ram_loss_posterior, soc_objective, symmetry_copies,
 )
-from adjoint_sampling.importance import effective_sample_size, log_weights
-from adjoint_sampling.regularizer import regularizer_energy, regularizer_grad
+from adjoint_sampling.importance import effective_sample_size, path_log_weights
+from adjoint_sampling.regularizer import regularizer_grad
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
 from energies.base import EnergyBatch, EnergyModel
@@ -295,8 +295,9 @@ class Trainer:
         energy, _, ok = self.evaluate_energy(graphs, path.x1)
         lp = log_pbase(path.x1, graphs, self.schedule.h1_sq).cpu()
         soc = soc_objective(path.cost.cpu(), energy, lp, self.cfg.loss.tau)[ok]
-        reg = regularizer_energy(path.x1, graphs, self.cfg.loss.reg_alpha).cpu() if self.cfg.loss.reg_alpha else None
-        ess_sum, n_mol = _ess_per_molecule(log_weights(energy, lp, path.log_rn.cpu(), self.cfg.loss.tau, reg), mol_idx)
+        lc = self.cfg.loss
+        log_w = path_log_weights(path.x1, graphs, energy, path.log_rn, self.schedule.h1_sq, lc.tau, lc.reg_alpha)
+        ess_sum, n_mol = _ess_per_molecule(log_w, mol_idx)
         stats = torch.tensor([soc.sum(), float(len(soc)), energy[ok].sum(), float((~ok).sum()), ess_sum, n_mol],
                              dtype=torch.float64)
         if self.ctx.enabled:
