@@ -1,6 +1,11 @@
-"""Command line of the coverage benchmark (wired by the lead as ``adjoint-sampling benchmark``).
+"""Command line of the coverage benchmark: ``adjoint-sampling benchmark`` and ``python -m benchmark``.
 
-    python -m benchmark --method rdkit --references ../shared/data/spice --limit 5 --out /tmp/bench5
+    adjoint-sampling benchmark --method rdkit --references ../shared/data/spice --limit 5 --out /tmp/bench5
+
+Both entry points share add_arguments and run. A method that cannot run at all (unknown method or
+energy, unreadable checkpoint, missing sdf folder) or an unusable reference set ends with one
+``error: ...`` line on stderr and exit status 2 before anything is written; a run that produces no
+result for any method exits 1.
 """
 from __future__ import annotations
 
@@ -71,4 +76,4 @@ def run(args: argparse.Namespace) -> int:
     print(result["markdown"], end="")
     print(f"{result['n_done']} molecules, total wall time {time.perf_counter() - t0:.1f} s; "
           f"results in {cfg.out_dir}")
-    return 0 if result["n_done"] else 1
+    return 0 if result["summary"] else 1

@@ -7,10 +7,13 @@ Method spec grammar: ``<base>[+<energy>]``
   +<energy>             relax the samples with energies.make_energy(EnergyConfig(name=<energy>))
                         (e.g. rdkit+mmff, rdkit+xtb, adjoint-sampling+xtb), same fmax for all.
 Every generator returns coordinates [n, N_atoms, 3] (Å) in the SMILES atom order
-(Chem.AddHs(Chem.MolFromSmiles(smiles))), with NaN rows for samples that failed.
+(Chem.AddHs(Chem.MolFromSmiles(smiles))), with NaN rows for samples that failed, and names the
+inputs its samples depend on with ``cache_key(mol_id)`` (a JSON-able dict: the checkpoint's sha256,
+the sdf file's sha256, ...) so that the runner recomputes stored results whose inputs changed.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,17 @@ class Generator(Protocol):
 
     def generate(self, mol_id: str, template: MoleculeTemplate, n: int, seed: int) -> GeneratedSamples: ...
 
+    def cache_key(self, mol_id: Optional[str]) -> dict: ...  # optional: inputs of mol_id's samples (None: run-wide)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's content (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 
 class RDKitGenerator:
     """ETKDGv3 conformers; embeddings that fail leave NaN rows.
@@ -66,24 +80,43 @@ class RDKitGenerator:
             out[k] = mol.GetConformer(cid).GetPositions()
         return GeneratedSamples(out)
 
+    def cache_key(self, mol_id):
+        from rdkit import __version__ as rdkit_version
+
+        return {"generator": "rdkit", "rdkit": rdkit_version}
+
 
 class AdjointSamplingGenerator:
-    """Samples of a trained Adjoint Sampling checkpoint (or any object with ``sample(smiles, n, seed)``)."""
+    """Samples of a trained Adjoint Sampling checkpoint (or any object with ``sample(smiles, n, seed)``).
+
+    The checkpoint is loaded (and its sha256 taken) here, once: an unreadable or foreign file is a
+    MethodError before any molecule is run, not a per-molecule skip.
+    """
 
     name = "adjoint-sampling"
 
     def __init__(self, checkpoint: Optional[str] = None, device: str = "cpu", sampler=None):
         if sampler is None and not checkpoint:
             raise MethodError("method 'adjoint-sampling' needs --checkpoint PATH")
-        self.checkpoint, self.device, self._sampler = checkpoint, device, sampler
-
-    @property
-    def sampler(self):
-        if self._sampler is None:
+        self.checkpoint, self.device, self.sampler = checkpoint, device, sampler
+        self.checkpoint_sha256: Optional[str] = None
+        if sampler is None:
+            from adjoint_sampling.checkpoint import CheckpointError
             from adjoint_sampling.sampling import load_sampler
 
-            self._sampler = load_sampler(self.checkpoint, device=self.device)
-        return self._sampler
+            try:
+                self.sampler = load_sampler(checkpoint, device=device)
+                self.checkpoint_sha256 = file_sha256(checkpoint)
+            except (CheckpointError, OSError) as exc:
+                raise MethodError(f"method 'adjoint-sampling': {str(exc).splitlines()[0]}") from None
+
+    def cache_key(self, mol_id):
+        key = {"generator": "adjoint-sampling", "device": str(self.device)}
+        if self.checkpoint_sha256 is not None:
+            key["checkpoint_sha256"] = self.checkpoint_sha256
+        else:  # a sampler object handed in by the caller: only its type is known
+            key["sampler"] = type(self.sampler).__qualname__
+        return key
 
     def generate(self, mol_id, template, n, seed):
         try:
@@ -125,6 +158,13 @@ class SDFGenerator:
         if not rows:
             raise MethodSkip(f"{mol_id}: {path} holds no conformers")
         return GeneratedSamples(np.stack(rows), n_unmapped=unmapped)
+
+    def cache_key(self, mol_id):
+        key = {"generator": "sdf", "directory": str(self.directory.resolve())}
+        if mol_id is not None:
+            path = self.directory / f"{mol_id}.sdf"
+            key["sdf_sha256"] = file_sha256(path) if path.is_file() else None
+        return key
 
 
 @dataclass

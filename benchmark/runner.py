@@ -6,6 +6,12 @@ Layout of the results directory:
   coverage.png          coverage vs threshold, all methods
   summary.md            table at 0.75 / 1.0 / 1.25 Å (also printed)
   messages.txt          skipped molecules/methods and reference-file problems, with reasons
+  config.json           the settings of the last run and the inputs of each method
+
+Resume: a stored molecule is reused only when its settings (max_references, sample_factor, seed),
+SMILES and reference file content (sha256) are unchanged; a stored method only when its inputs are
+unchanged too (generator cache_key: checkpoint sha256 and device, sdf file sha256, RDKit version;
+relaxation energy, fmax and steps). Anything else is recomputed.
 """
 from __future__ import annotations
 
@@ -20,14 +26,14 @@ import numpy as np
 from rdkit.Chem import rdMolDescriptors
 
 from benchmark.mapping import InvalidSmilesError, MoleculeTemplate, check_conformers
-from benchmark.methods import (GeneratedSamples, MethodSkip, MethodSpec, build_generator, parse_method,
-                               relax_samples)
+from benchmark.methods import (GeneratedSamples, MethodError, MethodSkip, MethodSpec, build_generator,
+                               file_sha256, parse_method, relax_samples)
 from benchmark.metrics import coverage_metrics
 from benchmark.references import (MoleculeEntry, ReferenceSet, iter_available, read_xyz, select_references)
 from benchmark.report import collect, plot_coverage, summary_markdown, write_csv
 from benchmark.rmsd import heavy_atom_automorphisms, rmsd_matrix
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: method records carry their inputs, molecules their reference hash
 
 
 @dataclass
@@ -51,9 +57,9 @@ class BenchmarkConfig:
     progress: bool = True
 
     def fingerprint(self) -> dict:
-        """Settings that change results: a stored molecule with other values is recomputed."""
+        """Settings that change every method's results: a stored molecule with other values is recomputed."""
         return {"max_references": self.max_references, "sample_factor": self.sample_factor, "seed": self.seed,
-                "fmax": self.fmax, "relax_steps": self.relax_steps, "version": RESULT_VERSION}
+                "version": RESULT_VERSION}
 
 
 class MoleculeSkip(Exception):
@@ -181,7 +187,26 @@ def evaluate_method(spec: MethodSpec, samples: GeneratedSamples, gen_time: float
     return record
 
 
-def _load_existing(path: Path, cfg: BenchmarkConfig, log) -> dict:
+def molecule_key(entry: MoleculeEntry, refset: ReferenceSet, cfg: BenchmarkConfig) -> dict:
+    """What every method's result on this molecule depends on: settings, SMILES, reference file content."""
+    xyz = refset.xyz_path(entry.mol_id)
+    try:
+        ref_hash = file_sha256(xyz)
+    except OSError:
+        ref_hash = None  # load_references reports the unreadable file
+    return {**cfg.fingerprint(), "smiles": entry.smiles, "references_sha256": ref_hash}
+
+
+def method_key(spec: MethodSpec, generator, mol_id: Optional[str], cfg: BenchmarkConfig) -> dict:
+    """What one method's result depends on beyond molecule_key: its generator's inputs and relaxation."""
+    get = getattr(generator, "cache_key", None)
+    key = dict(get(mol_id)) if get else {"generator": getattr(generator, "name", spec.base)}
+    if spec.relax:
+        key.update(relax=spec.relax, fmax=cfg.fmax, relax_steps=cfg.relax_steps)
+    return key
+
+
+def _load_existing(path: Path, settings: dict, log) -> dict:
     if not path.is_file():
         return {}
     try:
@@ -189,8 +214,10 @@ def _load_existing(path: Path, cfg: BenchmarkConfig, log) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         log(f"{path.name}: unreadable previous result ({exc}); recomputing")
         return {}
-    if data.get("settings") != cfg.fingerprint():
-        log(f"{path.name}: stored with other settings; recomputing")
+    if data.get("settings") != settings:
+        stored = data.get("settings") or {}
+        changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        log(f"{path.name}: stored with other {', '.join(changed) or 'settings'}; recomputing")
         return {}
     return data
 
@@ -199,8 +226,14 @@ def benchmark_molecule(entry: MoleculeEntry, refset: ReferenceSet, cfg: Benchmar
                        generators: dict, energies: EnergyCache, mol_dir: Path, log) -> dict:
     """Evaluate the missing methods for one molecule and write its JSON; returns the record."""
     path = mol_dir / f"{entry.mol_id}.json"
-    record = _load_existing(path, cfg, log)
-    todo = [s for s in specs if s.name not in record.get("methods", {})]
+    settings = molecule_key(entry, refset, cfg)
+    record = _load_existing(path, settings, log)
+    keys = {s.name: method_key(s, generators[s.base], entry.mol_id, cfg) for s in specs}
+    stored = record.get("methods", {})
+    todo = [s for s in specs if s.name not in stored or stored[s.name].get("inputs") != keys[s.name]]
+    for s in todo:
+        if s.name in stored:
+            log(f"{entry.mol_id}: {s.name} was stored for other inputs; recomputing")
     if record and not todo:
         return record
     try:
@@ -213,7 +246,7 @@ def benchmark_molecule(entry: MoleculeEntry, refset: ReferenceSet, cfg: Benchmar
     autos = heavy_atom_automorphisms(template.mol)
     if not record:
         record = {"id": entry.mol_id, "smiles": entry.smiles, "rotatable_bonds": entry.rotatable_bonds,
-                  "settings": cfg.fingerprint(), "n_heavy_atoms": int(len(template.heavy)),
+                  "settings": settings, "n_heavy_atoms": int(len(template.heavy)),
                   "n_automorphisms": int(len(autos)), "methods": {}}
     record["references"] = {"n_read": refs.n_read, "n_kept": refs.n_kept, "n_unmapped": refs.n_unmapped,
                             "n_used": int(len(refs.heavy_coords)), "n_wrong_stereo": refs.n_wrong_stereo}
@@ -227,7 +260,7 @@ def benchmark_molecule(entry: MoleculeEntry, refset: ReferenceSet, cfg: Benchmar
             samples = generators[base].generate(entry.mol_id, template, n_samples, cfg.seed)
         except MethodSkip as exc:
             for s in group:
-                record["methods"][s.name] = {"skipped": str(exc)}
+                record["methods"][s.name] = {"skipped": str(exc), "inputs": keys[s.name]}
             log(f"skip {'/'.join(s.name for s in group)} for {entry.mol_id}: {exc}")
             continue
         gen_time = time.perf_counter() - t0
@@ -236,7 +269,9 @@ def benchmark_molecule(entry: MoleculeEntry, refset: ReferenceSet, cfg: Benchmar
                 record["methods"][s.name] = evaluate_method(s, samples, gen_time, template, refs, autos, cfg, energies)
             except (MethodSkip, ValueError) as exc:  # e.g. energy cannot handle an element
                 record["methods"][s.name] = {"skipped": str(exc).splitlines()[0]}
-                log(f"skip {s.name} for {entry.mol_id}: {str(exc).splitlines()[0]}")
+            record["methods"][s.name]["inputs"] = keys[s.name]
+            if "skipped" in record["methods"][s.name]:
+                log(f"skip {s.name} for {entry.mol_id}: {record['methods'][s.name]['skipped']}")
     _atomic_write_json(record, path)
     return record
 
@@ -247,6 +282,8 @@ def run_benchmark(refset: ReferenceSet, cfg: BenchmarkConfig, generators: Option
 
     generators: optional {base name: Generator} overriding the registry (tests, custom samplers).
     energies: optional {energy name: EnergyModel} overriding energies.make_energy.
+    Every generator (checkpoint loaded) and every relaxation energy is built before anything is
+    written: a method that cannot run at all raises MethodError instead of skipping each molecule.
     Returns {"summary": per-method aggregates, "markdown": table, "n_done": ..., "skipped": [...]}.
     """
     import torch
@@ -256,12 +293,29 @@ def run_benchmark(refset: ReferenceSet, cfg: BenchmarkConfig, generators: Option
     specs = [parse_method(m) for m in cfg.methods]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"duplicate methods in {names}")
+        raise MethodError(f"duplicate methods in {names}")
     options = {"threads": cfg.threads, "checkpoint": cfg.checkpoint, "device": cfg.device}
     gens = dict(generators or {})
     for s in specs:
         if s.base not in gens:
             gens[s.base] = build_generator(s.base, options)
+    energy_cache = EnergyCache(energies)
+    try:
+        for s in specs:
+            if s.relax:
+                try:
+                    energy_cache.get(s.relax)
+                except Exception as exc:  # unknown name, missing backend or weights: no molecule could run
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise MethodError(f"method {s.name!r}: energy {s.relax!r} cannot be built: {reason}") from None
+        return _run(refset, cfg, specs, gens, energy_cache, log)
+    finally:
+        energy_cache.close()
+
+
+def _run(refset: ReferenceSet, cfg: BenchmarkConfig, specs: list[MethodSpec], gens: dict,
+         energy_cache: EnergyCache, log: Callable[[str], None]) -> dict:
+    names = [s.name for s in specs]
     out = Path(cfg.out_dir)
     mol_dir = out / "molecules"
     mol_dir.mkdir(parents=True, exist_ok=True)
@@ -272,19 +326,15 @@ def run_benchmark(refset: ReferenceSet, cfg: BenchmarkConfig, generators: Option
         log(msg)
 
     molecules = select_molecules(refset, cfg, note)
-    energy_cache = EnergyCache(energies)
     records = []
-    try:
-        bar = _progress(molecules, cfg.progress)
-        for entry in bar:
-            if hasattr(bar, "set_postfix_str"):
-                bar.set_postfix_str(entry.mol_id)
-            try:
-                records.append(benchmark_molecule(entry, refset, cfg, specs, gens, energy_cache, mol_dir, note))
-            except MoleculeSkip as exc:
-                note(f"skip {exc}")
-    finally:
-        energy_cache.close()
+    bar = _progress(molecules, cfg.progress)
+    for entry in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(entry.mol_id)
+        try:
+            records.append(benchmark_molecule(entry, refset, cfg, specs, gens, energy_cache, mol_dir, note))
+        except MoleculeSkip as exc:
+            note(f"skip {exc}")
     (out / "messages.txt").write_text("\n".join(skipped) + ("\n" if skipped else ""))
     summary = collect(records, names)
     markdown = summary_markdown(summary) if summary else "no results\n"
@@ -292,7 +342,11 @@ def run_benchmark(refset: ReferenceSet, cfg: BenchmarkConfig, generators: Option
         write_csv(summary, out / "metrics.csv")
         plot_coverage(summary, out / "coverage.png")
     (out / "summary.md").write_text(markdown)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    inputs = {s.name: method_key(s, gens[s.base], None, cfg) for s in specs}
+    config = {**asdict(cfg), "references": {"list_file": str(refset.list_file.resolve()),
+                                            "conformer_dir": str(refset.conformer_dir.resolve())},
+              "method_inputs": inputs}
+    (out / "config.json").write_text(json.dumps(config, indent=1))
     return {"summary": summary, "markdown": markdown, "n_done": len(records), "skipped": skipped}
 
 

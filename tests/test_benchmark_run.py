@@ -118,3 +118,91 @@ def test_rdkit_generator_seed_zero_gives_distinct_conformers():
     x = RDKitGenerator(threads=1).generate("m", tpl, 4, seed=0).coords
     assert np.isfinite(x).all()
     assert np.abs(x[0] - x[1]).max() > 1e-3 and np.abs(x[2] - x[3]).max() > 1e-3
+
+
+def _fake_load_sampler(calls):
+    """load_sampler stand-in: the samples depend on the checkpoint file's bytes, like a real model's."""
+
+    def load(path, device="cpu"):
+        offset = int.from_bytes(open(path, "rb").read()[:1], "little")
+        calls.append(str(path))
+        fake = FakeSampler()
+        base = fake.sample
+        fake.sample = lambda smiles, n, seed=0: base(smiles, n, seed=seed + offset)
+        return fake
+
+    return load
+
+
+def test_rerun_with_another_checkpoint_or_references_recomputes(tmp_path, monkeypatch):
+    import adjoint_sampling.sampling
+
+    calls = []
+    monkeypatch.setattr(adjoint_sampling.sampling, "load_sampler", _fake_load_sampler(calls))
+    refs = _make_refs(tmp_path / "refs")
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"\x00model-A")
+    out = tmp_path / "res"
+    argv = ["--method", "adjoint-sampling,rdkit", "--checkpoint", str(ckpt), "--references", str(refs),
+            "--out", str(out), "--no-progress", "--threads", "1"]
+    assert main(argv) == 0
+    first = json.loads((out / "molecules" / "m_tbu.json").read_text())
+    rdkit_before = first["methods"]["rdkit"]
+
+    # Same path, new content: the adjoint-sampling results must be the new model's, rdkit stays cached.
+    ckpt.write_bytes(b"\x05model-B")
+    assert main(argv) == 0
+    second = json.loads((out / "molecules" / "m_tbu.json").read_text())
+    a, b = first["methods"]["adjoint-sampling"], second["methods"]["adjoint-sampling"]
+    assert a["inputs"]["checkpoint_sha256"] != b["inputs"]["checkpoint_sha256"]
+    assert a["min_rmsd_per_reference"] != b["min_rmsd_per_reference"]
+    assert second["methods"]["rdkit"] == rdkit_before
+    config = json.loads((out / "config.json").read_text())
+    assert config["method_inputs"]["adjoint-sampling"] == b["inputs"]
+
+    # A copy of the same file elsewhere gives the same results: nothing is recomputed.
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(ckpt.read_bytes())
+    before = (out / "molecules" / "m_tbu.json").read_bytes()
+    assert main(argv[:3] + [str(copy)] + argv[4:]) == 0
+    assert (out / "molecules" / "m_tbu.json").read_bytes() == before
+
+    # Other reference files under the same ids: every method is recomputed against them.
+    refs3 = _make_refs(tmp_path / "refs3", n=3)
+    assert main(argv[:5] + [str(refs3)] + argv[6:]) == 0
+    third = json.loads((out / "molecules" / "m_tbu.json").read_text())
+    assert third["references"]["n_used"] == 3
+    assert third["methods"]["rdkit"]["n_generated"] == 6
+    assert third["methods"]["adjoint-sampling"]["n_generated"] == 6
+
+
+def _assert_one_error_line(capsys, *words):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0]
+
+
+def test_unreadable_checkpoint_is_an_error_before_anything_is_written(tmp_path, capsys):
+    from adjoint_sampling.cli import main as project_main
+
+    refs = _make_refs(tmp_path / "refs")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    out = tmp_path / "res"
+    for ckpt in (bad, tmp_path / "missing.pt"):
+        rc = project_main(["benchmark", "--method", "adjoint-sampling", "--checkpoint", str(ckpt),
+                           "--references", str(refs), "--out", str(out), "--no-progress"])
+        assert rc == 2
+        _assert_one_error_line(capsys, ckpt.name)
+        assert not out.exists()
+
+
+def test_unknown_relaxation_energy_is_an_error_before_anything_is_written(tmp_path, capsys):
+    refs = _make_refs(tmp_path / "refs")
+    out = tmp_path / "res"
+    rc = main(["--method", "rdkit+bogus", "--references", str(refs), "--out", str(out), "--no-progress"])
+    assert rc == 2
+    _assert_one_error_line(capsys, "bogus")
+    assert not out.exists()
