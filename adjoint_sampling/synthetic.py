@@ -21,12 +21,12 @@ from adjoint_sampling.graphs import collate, point_cloud_graph
 from adjoint_sampling.importance import log_weights
 from adjoint_sampling.loss import log_pbase
 from adjoint_sampling.schedules import make_schedule, time_grid
+from adjoint_sampling.shared_data import ENV_VAR, synthetic_data_dir
 from adjoint_sampling.sde import integrate
 from adjoint_sampling.trainer import DistContext, Trainer
 from energies.config import EnergyConfig
 from energies.registry import make_energy
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthetic"
 SPLITS = ("train", "val", "test")
 
 
@@ -62,14 +62,19 @@ def get_system(name: str) -> SyntheticSystem:
     return SYSTEMS[name]
 
 
-def load_split(system: str | SyntheticSystem, split: str, data_dir: str | Path = DEFAULT_DATA_DIR) -> np.ndarray:
-    """Ground-truth samples [S, n·d] (float32) of one split ('train', 'val' or 'test')."""
+def load_split(system: str | SyntheticSystem, split: str, data_dir: str | Path | None = None) -> np.ndarray:
+    """Ground-truth samples [S, n·d] (float32) of one split ('train', 'val' or 'test').
+
+    data_dir: default ``shared_data.synthetic_data_dir()`` (data/synthetic of the shared folder).
+    """
+    if data_dir is None:
+        data_dir = synthetic_data_dir()
     sysm = get_system(system) if isinstance(system, str) else system
     if split not in SPLITS:
         raise SyntheticError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
     path = Path(data_dir) / f"{split}_split_{sysm.file_tag}.npy"
     if not path.is_file():
-        raise SyntheticError(f"ground-truth file not found: {path}")
+        raise SyntheticError(f"ground-truth file not found: {path} (pass the folder, or set {ENV_VAR} to the shared folder)")
     data = np.load(path)
     check_samples(data, sysm)
     return data.astype(np.float32)

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from adjoint_sampling.shared_data import synthetic_data_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", choices=("dw4", "lj13"), default="dw4", help="benchmark system (default dw4)")
     p.add_argument("--preset", default=None, help="config preset name or YAML path (default: the system name)")
     p.add_argument("--out", default=None, help="output folder (default runs/synthetic-<system>)")
-    p.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data" / "synthetic"),
-                   help="folder of the ground-truth .npy splits (default ../shared/data/synthetic)")
+    p.add_argument("--data", default=str(synthetic_data_dir()),
+                   help="folder of the ground-truth .npy splits (default: data/synthetic in the shared folder, "
+                        "$ADJOINT_SAMPLING_SHARED or else ../shared beside the repository: %(default)s)")
     p.add_argument("--n-samples", type=int, default=2000, help="samples drawn and compared (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and of the reference subsets")
     p.add_argument("--checkpoint", default=None, help="evaluate this trained checkpoint instead of training")

@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from adjoint_sampling.shared_data import synthetic_data_dir  # noqa: E402
 from adjoint_sampling.synthetic import get_system, load_split, to_particles  # noqa: E402
 from benchmark.synthetic import sample_metrics, subsample  # noqa: E402
 from energies.synthetic import double_well_energy  # noqa: E402
@@ -67,7 +68,8 @@ def metropolis(start: np.ndarray, steps: int, step_size: float, tau: float, seed
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "synthetic"))
+    p.add_argument("--data", default=str(synthetic_data_dir()),
+                   help="folder of the DW-4 ground-truth splits (default %(default)s)")
     p.add_argument("--chains", type=int, default=2000)
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--step-size", type=float, default=0.35)

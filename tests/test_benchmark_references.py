@@ -1,5 +1,4 @@
 """Reference reader: list files, malformed XYZ blocks reported and skipped, mapping onto SMILES order."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from benchmark.mapping import MoleculeTemplate
 from benchmark.references import (ReferenceSetError, locate_reference_set, parse_xyz, read_smiles_list,
                                   select_references)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spice"
 
 
 def _block(symbols, coords, comment):
@@ -84,9 +82,11 @@ def test_locate_reference_set(tmp_path):
     assert rs.list_file.name == "x.txt" and rs.conformer_dir.name == "x_conformers"
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared SPICE data not present beside the repo")
-def test_shared_spice_layout():
-    rs = locate_reference_set(SHARED)
+def test_shared_spice_layout(shared_dir):
+    spice = shared_dir / "data" / "spice"
+    if not spice.is_dir():
+        pytest.skip(f"shared SPICE data not present at {spice}")
+    rs = locate_reference_set(spice)
     entries, _ = rs.entries()
     present = [e for e in entries if rs.xyz_path(e.mol_id).is_file()]
     assert 0 < len(present) <= len(entries)
