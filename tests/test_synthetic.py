@@ -12,8 +12,6 @@ from energies.config import EnergyConfig
 from energies.registry import make_energy
 from energies.synthetic import SyntheticEnergyError, double_well_energy, lennard_jones_energy
 
-SYNTH = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthetic"
-
 
 def _batch(x: torch.Tensor) -> EnergyBatch:
     b, n, d = x.shape
@@ -109,23 +107,33 @@ def test_coordinate_w2_is_com_free_and_exact():
     assert coordinate_w2(a, moved, s) <= 0.5 * np.sqrt(2) + 1e-9
 
 
+def test_coordinate_w2_by_hand():
+    """Three squares of side 2, 20, 40 (far apart, so the optimal assignment is plain to see), against
+    the same squares in another order, translated, and with two COM-free-computable displacements."""
+    s = SYSTEMS["dw4"]
+    square = np.array([1, 1, -1, 1, -1, -1, 1, -1], dtype=float)  # centred: COM at 0
+    x1, x2, x3 = square, 10 * square, 20 * square
+    d1 = np.zeros(8)
+    d1[0], d1[2] = 0.5, -0.5  # particles 0 and 1 by ±0.5 along x: COM-free, squared length 2·0.5² = 0.5
+    d2 = np.zeros(8)
+    d2[5] = 1.0  # particle 2 by 1 along y: COM-free part is (3/4, -1/4, -1/4, -1/4), squared length 3/4
+    a = np.stack([x1, x2, x3])
+    b = np.stack([x3 + np.tile([5.0, -2.0], 4), x1 + d1, x2 + d2])
+    # optimal plan x1->x1+d1, x2->x2+d2, x3->x3+shift: W2² = (0.5 + 0.75 + 0) / 3
+    assert coordinate_w2(a, b, s) == pytest.approx(np.sqrt(1.25 / 3), rel=1e-12)
+
+
 def test_interatomic_distances_by_hand():
     s = SYSTEMS["dw4"]
     square = np.array([[0, 0, 1, 0, 1, 1, 0, 1]], dtype=float)
     assert np.sort(interatomic_distances(square, s)) == pytest.approx([1, 1, 1, 1, np.sqrt(2), np.sqrt(2)])
 
 
-def _need_data():
-    if not (SYNTH / "test_split_DW4.npy").is_file():
-        pytest.skip(f"ground-truth samples not present at {SYNTH}")
-
-
 @pytest.mark.parametrize("name", ["dw4", "lj13"])
-def test_ground_truth_obeys_the_virial_identity(name):
+def test_ground_truth_obeys_the_virial_identity(name, synthetic_dir):
     """Boltzmann at τ=1 implies E[x·∇E] = d(n-1): the chosen pair convention must fit the data."""
-    _need_data()
     s = SYSTEMS[name]
-    x = torch.as_tensor(load_split(name, "val", SYNTH)[:4000].reshape(-1, s.n_particles, s.dim), dtype=torch.float64)
+    x = torch.as_tensor(load_split(name, "val", synthetic_dir)[:4000].reshape(-1, s.n_particles, s.dim), dtype=torch.float64)
     x = x - x.mean(1, keepdim=True)
     model = make_energy(EnergyConfig(name=name))
     _, forces = model.energy_and_forces(x)
@@ -135,14 +143,13 @@ def test_ground_truth_obeys_the_virial_identity(name):
 
 
 @pytest.mark.parametrize("energy_gradient", [False, True])
-def test_short_dw4_training_beats_the_untrained_sampler(tmp_path, energy_gradient):
-    _need_data()
+def test_short_dw4_training_beats_the_untrained_sampler(tmp_path, energy_gradient, synthetic_dir):
     from adjoint_sampling.config import load_config
 
     torch.set_num_threads(1)
     cfg = load_config("dw4", ["train.epochs=6", "train.grad_steps=20", "sde.train_nfe=80", "sde.eval_nfe=80",
                               "train.checkpoint_every=100", f"model.energy_gradient={str(energy_gradient).lower()}"])
-    reference = load_split("dw4", "test", SYNTH)[:500]
+    reference = load_split("dw4", "test", synthetic_dir)[:500]
     base = draw_samples(cfg, "dw4", 500, None, seed=3)
     trainer = make_trainer(cfg, "dw4", tmp_path)
     trainer.fit()
