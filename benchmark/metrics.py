@@ -1,4 +1,7 @@
-"""Coverage and AMR metrics from a reference x sample RMSD matrix (design/ALGORITHM.md).
+"""Coverage and AMR metrics from a reference x sample RMSD matrix.
+
+Definitions as in ``../shared/design/ALGORITHM.md`` (the shared folder beside the repository),
+section "Coverage metrics":
 
 D[i, j] = best heavy-atom RMSD (Å) between reference i and generated sample j.
   recall coverage(d)    = mean_i [ min_j D[i, j] < d ]    recall AMR    = mean_i min_j D[i, j]
