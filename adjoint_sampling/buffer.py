@@ -1,7 +1,9 @@
 """Replay buffer of terminal samples with their adjoint ingredients.
 
 Each entry is one molecule copy: the molecule's key (index into the trainer's molecule list plus
-its SMILES for checkpoints), X_1 [n, d] (Å), ∇E(X_1) [n, d] (eV/Å), ∇E_reg(X_1) [n, d] and E (eV).
+its SMILES for checkpoints), the terminal state X_1 [r, d] (r atoms × 3 in Å, or r torsions × 1 in
+radians), ∂E/∂X_1 [r, d] (eV/Å or eV/rad), ∂E_reg/∂X_1 [r, d], E (eV) and, in torsional mode, the
+index of the seed conformer the state is applied to.
 Fixed capacity, first in first out, uniform random minibatches.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ class BufferEntry:
     grad_energy: torch.Tensor
     grad_reg: torch.Tensor
     energy: float
+    seed: int = 0
 
 
 class ReplayBuffer:
@@ -61,6 +64,7 @@ class ReplayBuffer:
             "grad_energy": cat("grad_energy"),
             "grad_reg": cat("grad_reg"),
             "energy": torch.tensor([e.energy for e in es], dtype=torch.float64),
+            "seed": torch.tensor([e.seed for e in es], dtype=torch.long),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -68,11 +72,12 @@ class ReplayBuffer:
         self.entries = deque(maxlen=self.capacity)
         sizes = state["sizes"].tolist()
         parts = {k: torch.split(state[k], sizes) if sizes else [] for k in ("x1", "grad_energy", "grad_reg")}
+        seeds = state.get("seed", torch.zeros(len(state["keys"]), dtype=torch.long))
         for i, key in enumerate(state["keys"]):
             self.entries.append(
                 BufferEntry(
                     mol_index=int(state["mol_index"][i]), key=key, x1=parts["x1"][i].clone(),
                     grad_energy=parts["grad_energy"][i].clone(), grad_reg=parts["grad_reg"][i].clone(),
-                    energy=float(state["energy"][i]),
+                    energy=float(state["energy"][i]), seed=int(seeds[i]),
                 )
             )

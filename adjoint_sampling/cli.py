@@ -29,9 +29,14 @@ def _resolve_molecule_file(spec: str) -> Path:
     return Path(spec).expanduser()
 
 
-def load_training_molecules(cfg, energy) -> list:
-    """Parse, validate and build graphs for every training molecule before anything is written."""
-    from adjoint_sampling.graphs import check_elements, graph_from_smiles, read_molecule_list
+def load_training_molecules(cfg, energy, seeds: Optional[list] = None) -> list:
+    """Parse, validate and build graphs for every training molecule before anything is written.
+
+    Torsional mode: each graph gets its rotatable bonds and seed conformers (``seeds``, a resumed
+    checkpoint's, else seeded ETKDG); molecules without a rotatable bond are reported and left out.
+    """
+    from adjoint_sampling.graphs import check_elements, graph_from_smiles, read_molecule_list, with_torsions
+    from adjoint_sampling.torsions import rotatable_torsions
 
     entries: list[tuple[str, str]] = []
     if cfg.data.molecules:
@@ -42,12 +47,19 @@ def load_training_molecules(cfg, energy) -> list:
     from adjoint_sampling.graphs import InvalidMoleculeError
     from energies.base import UnsupportedMoleculeError
 
-    graphs, skipped = [], 0
+    graphs, skipped, rigid = [], 0, []
+    tc = cfg.torsion
     for smiles, name in entries:
         try:
             g = graph_from_smiles(smiles, name=name, allow_fragments=cfg.data.allow_fragments, max_atoms=cfg.data.max_atoms)
             energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name)
             check_elements(g, cfg.model.elements)
+            if cfg.mode == "torsional":
+                if rotatable_torsions(g.mol, tc.amides).count == 0:
+                    rigid.append(g.name)
+                    continue
+                stored = seeds[len(graphs)] if seeds else None  # a checkpoint stores the trained molecules' seeds
+                g = with_torsions(g, tc.seeds, tc.embed_seed, tc.relax_seeds, tc.amides, seed_coords=stored)
         except (InvalidMoleculeError, UnsupportedMoleculeError) as exc:
             if not cfg.data.skip_invalid:
                 raise
@@ -57,8 +69,11 @@ def load_training_molecules(cfg, energy) -> list:
         graphs.append(g)
     if skipped:
         print(f"skipped {skipped} of {len(entries)} molecules (data.skip_invalid=true)", file=sys.stderr)
+    if rigid:
+        print(f"{len(rigid)} molecule(s) have no rotatable bond and are not trained on (sampling returns their "
+              f"seed conformers): {', '.join(rigid[:5])}{' ...' if len(rigid) > 5 else ''}", file=sys.stderr)
     if not graphs:
-        raise UserError("no usable training molecules")
+        raise UserError("no usable training molecules" + (" (none has a rotatable bond)" if rigid else ""))
     return graphs
 
 
@@ -137,7 +152,7 @@ def cmd_train(args) -> int:
     energy = make_energy(cfg.energy)
     trainer = None
     try:
-        molecules = load_training_molecules(cfg, energy)
+        molecules = load_training_molecules(cfg, energy, seeds=state.get("seeds") if state else None)
         _prepare_run_dir(run_dir, resume=bool(args.resume))
         if ctx.enabled:  # every rank has validated the run dir before any rank writes to it
             import torch.distributed as dist
@@ -172,9 +187,9 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------------- sample
 def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=None, device="cpu", relax=False) -> None:
-    from adjoint_sampling.sampling import ConformerRecord, load_sampler, write_conformers
-    from adjoint_sampling.trainer import energy_batch
+    from adjoint_sampling.energy_eval import energy_batch
     from adjoint_sampling.graphs import collate
+    from adjoint_sampling.sampling import ConformerRecord, load_sampler, write_conformers
 
     import numpy as np
     import torch
@@ -183,6 +198,9 @@ def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=
     graphs = [sampler.graph(smi, name) for smi, name in entries]  # validate all before sampling any
     records = []
     for g in graphs:
+        if sampler.cfg.mode == "torsional" and g.num_torsions == 0:
+            print(f"{g.name}: no rotatable bond, writing its {len(g.seeds)} seed conformer(s) "
+                  f"(torsion.seeds) cycled to {n}", file=sys.stderr)
         coords, log_rn = sampler.sample_graph(g, n, seed=seed, nfe=nfe, with_log_rn=True)
         energies, log_w = [None] * n, [None] * n
         if energy is not None:
@@ -289,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("benchmark", "benchmark.cli", "coverage benchmark against reference conformers"),
         ("energies", "energies.cli", "list available energy models"),
         ("eval-synthetic", "adjoint_sampling.synthetic_cli", "train and evaluate on DW-4 / LJ-13 against ground truth"),
+        ("eval-torsional", "adjoint_sampling.torsional_cli",
+         "train a torsional sampler on one molecule and score it against the exact torsional Boltzmann grid"),
     ):
         mod = importlib.import_module(module)
         sub_parser = sub.add_parser(name, help=help_text)

@@ -36,6 +36,10 @@ class ModelConfig:
     # add −β(t)·ã(X_t), the clipped adjoint at the current state, with a learned β(t): one energy
     # gradient per SDE and training step, so meant for cheap energies (synthetic systems, MMFF)
     energy_gradient: bool = False
+    # torsional controller (e3nn): vector and pseudovector channels per atom, neighbour radius (Å);
+    # ``hidden`` is its number of scalar channels and ``layers`` its interaction blocks
+    vectors: int = 8
+    radius: float = 5.0
 
 
 @dataclass
@@ -61,6 +65,17 @@ class LossConfig:
     reg_alpha: float = 100.0
     use_pbase: bool = True
     posterior_targets: bool = False
+
+
+@dataclass
+class TorsionConfig:
+    """Torsional mode: seed conformers per molecule (seeded ETKDGv3, then MMFF94 when ``relax_seeds``),
+    the embedding seed, and whether amide C–N bonds rotate (off: the seed keeps them planar)."""
+
+    seeds: int = 1
+    embed_seed: int = 0
+    relax_seeds: bool = True
+    amides: bool = False
 
 
 @dataclass
@@ -109,6 +124,7 @@ class SampleConfig:
 @dataclass
 class Config:
     run_dir: str = "runs/default"
+    mode: str = "cartesian"  # cartesian (EGNN on COM-free positions) | torsional (e3nn on torsion angles)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sde: SDEConfig = field(default_factory=SDEConfig)
@@ -116,6 +132,44 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    torsion: TorsionConfig = field(default_factory=TorsionConfig)
+
+
+def validate(cfg: Config) -> Config:
+    """Raise ConfigError for values no run can use (checked before anything is written)."""
+    import math
+
+    def need(ok: bool, key: str, value, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key '{key}' must be {what}, got {value!r}")
+
+    if cfg.mode not in ("cartesian", "torsional"):
+        raise ConfigError(f"config key 'mode' must be cartesian or torsional, got {cfg.mode!r}")
+    for key in ("loss.tau", "train.lr", "sde.sigma_max"):
+        value = _get(cfg, key)
+        need(math.isfinite(value) and value > 0, key, value, "a finite number > 0")
+    for key in ("loss.max_score_norm", "loss.reg_alpha", "model.max_output_norm", "train.grad_clip",
+                "train.max_minutes", "sde.sigma_min", "sde.sigma", "model.radius"):
+        value = _get(cfg, key)
+        need(math.isfinite(value) and value >= 0, key, value, "a finite number >= 0")
+    for key in ("model.layers", "model.hidden", "model.vectors", "sde.train_nfe", "sde.eval_nfe", "train.epochs",
+                "train.samples_per_epoch", "train.batch_size", "train.buffer_size", "data.duplicates",
+                "torsion.seeds", "train.checkpoint_every"):
+        value = _get(cfg, key)
+        need(value >= 1, key, value, "an integer >= 1")
+    for key in ("train.grad_steps", "train.eval_every", "train.eval_samples", "data.limit", "data.max_atoms",
+                "train.cpu_threads", "sample.n"):
+        value = _get(cfg, key)
+        need(value >= 0, key, value, "an integer >= 0")
+    if not cfg.model.elements:
+        raise ConfigError("config key 'model.elements' must list at least one atomic number")
+    return cfg
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict:
@@ -248,11 +302,13 @@ def load_config(preset: Optional[str] = "quick", overrides: Optional[list] = Non
         except yaml.YAMLError:
             value = raw
         set_key(cfg, key.strip(), value)
-    return cfg
+    return validate(cfg)
 
 
 def config_from_dict(mapping: dict) -> Config:
     """Rebuild a Config saved with ``to_dict`` (e.g. from a checkpoint)."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"a saved config must be a mapping, got {type(mapping).__name__}")
     cfg = Config()
     _apply_mapping(cfg, mapping)
-    return cfg
+    return validate(cfg)

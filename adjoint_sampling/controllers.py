@@ -14,11 +14,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from adjoint_sampling.graphs import GraphBatch
-
-
-def remove_com(x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
-    """Subtract each molecule's mean position (unweighted centre) from its atoms."""
-    return x - scatter(x, batch, dim=0, dim_size=num_graphs, reduce="mean")[batch]
+from adjoint_sampling.spaces import remove_com
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int, final_act: bool = True) -> nn.Sequential:
@@ -142,8 +138,19 @@ class GradientInformedController(nn.Module):
         return self.base(t, x, graphs) - beta * a
 
 
-def build_controller(model_cfg) -> nn.Module:
-    """The EGNN of ``model_cfg``, wrapped in a GradientInformedController when model_cfg.energy_gradient."""
+def build_controller(model_cfg, mode: str = "cartesian") -> nn.Module:
+    """The controller of a run: for ``mode`` cartesian the EGNN of ``model_cfg`` (wrapped in a
+    GradientInformedController when model_cfg.energy_gradient), for torsional the e3nn network."""
+    if mode == "torsional":
+        from adjoint_sampling.torsion_controller import TorsionController
+
+        if model_cfg.energy_gradient:
+            raise ValueError("model.energy_gradient is a Cartesian option; it cannot be used with mode=torsional")
+        return TorsionController(
+            n_elements=len(model_cfg.elements), scalars=model_cfg.hidden, vectors=model_cfg.vectors,
+            layers=model_cfg.layers, radius=model_cfg.radius, time_features=model_cfg.time_features,
+            max_output_norm=model_cfg.max_output_norm,
+        )
     egnn = EGNNController(
         n_elements=len(model_cfg.elements), hidden=model_cfg.hidden, layers=model_cfg.layers,
         time_features=model_cfg.time_features, max_output_norm=model_cfg.max_output_norm,

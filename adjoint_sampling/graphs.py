@@ -5,6 +5,7 @@ samples are generated, stored and written out.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -12,6 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from rdkit import Chem, RDLogger
+
+from adjoint_sampling.torsions import TorsionBatch, TorsionTopology, batch_torsions, embed_seeds, rotatable_torsions
 
 RDLogger.DisableLog("rdApp.*")
 
@@ -38,10 +41,17 @@ class MoleculeGraph:
     edge_index: torch.Tensor
     bonded: torch.Tensor
     spin: int = 1
+    # torsional mode: rotatable bonds and seed conformers [K, n, 3] (Å), set by ``with_torsions``
+    torsions: Optional[TorsionTopology] = None
+    seeds: Optional[torch.Tensor] = None
 
     @property
     def num_atoms(self) -> int:
         return int(self.numbers.shape[0])
+
+    @property
+    def num_torsions(self) -> int:
+        return self.torsions.count if self.torsions is not None else 0
 
 
 def mol_from_smiles(smiles: str, allow_fragments: bool = False) -> Chem.Mol:
@@ -105,6 +115,28 @@ def graph_from_smiles(
     return graph_from_mol(mol, smiles, name)
 
 
+def with_torsions(graph: MoleculeGraph, seeds: int = 1, seed: int = 0, relax: bool = True, amides: bool = False,
+                  seed_coords: Optional[torch.Tensor] = None) -> MoleculeGraph:
+    """A copy of ``graph`` with its rotatable bonds and ``seeds`` seed conformers (Å) for torsional mode.
+
+    seed_coords [K, n, 3] reuses stored seeds (a checkpoint's) instead of embedding new ones; else
+    seeded ETKDG (+ MMFF94 when ``relax``) makes them. InvalidMoleculeError if embedding fails.
+    """
+    if graph.mol is None:
+        raise InvalidMoleculeError(f"'{graph.name}': torsional mode needs a molecule, not a point cloud")
+    topo = rotatable_torsions(graph.mol, amides=amides)
+    if seed_coords is None:
+        try:
+            seed_coords = embed_seeds(graph.mol, seeds, seed=seed, relax=relax, name=graph.name)
+        except ValueError as exc:
+            raise InvalidMoleculeError(str(exc)) from None
+    seed_coords = torch.as_tensor(seed_coords, dtype=torch.float64)
+    if seed_coords.dim() != 3 or seed_coords.shape[1:] != (graph.num_atoms, 3):
+        raise InvalidMoleculeError(f"'{graph.name}': seed conformers of shape {tuple(seed_coords.shape)}, "
+                                   f"expected [K, {graph.num_atoms}, 3]")
+    return dataclasses.replace(graph, torsions=topo, seeds=seed_coords)
+
+
 def point_cloud_graph(n_particles: int, name: str = "particles") -> MoleculeGraph:
     """A system of identical particles (synthetic benchmarks): no bonds, element index 0."""
     edge_index = _fully_connected(n_particles)
@@ -164,6 +196,8 @@ class GraphBatch:
     charges: torch.Tensor
     spins: torch.Tensor
     graphs: list = field(default_factory=list)
+    torsion: Optional[TorsionBatch] = None  # torsional mode: rotatable bonds and each copy's seed
+    seed_index: Optional[list] = None  # which of its molecule's seed conformers each copy uses
 
     @property
     def num_graphs(self) -> int:
@@ -183,6 +217,8 @@ class GraphBatch:
             charges=self.charges.to(device),
             spins=self.spins.to(device),
             graphs=self.graphs,
+            torsion=self.torsion.to(device) if self.torsion is not None else None,
+            seed_index=self.seed_index,
         )
 
     def split(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -208,8 +244,13 @@ def check_elements(graph: MoleculeGraph, elements: Sequence[int]) -> None:
         raise InvalidMoleculeError(f"molecule '{graph.name}': element(s) {symbols} not in the model's element list")
 
 
-def collate(graphs: Sequence[MoleculeGraph], elements: Sequence[int]) -> GraphBatch:
-    """Concatenate molecule graphs (duplicates allowed) into one GraphBatch."""
+def collate(graphs: Sequence[MoleculeGraph], elements: Sequence[int], seed_index: Optional[Sequence[int]] = None
+            ) -> GraphBatch:
+    """Concatenate molecule graphs (duplicates allowed) into one GraphBatch.
+
+    When every graph carries torsions (``with_torsions``), the batch also gets their TorsionBatch,
+    copy i on seed conformer seed_index[i] of its molecule (default 0).
+    """
     if not graphs:
         raise ValueError("cannot collate an empty list of graphs")
     table = element_index(elements) if graphs[0].mol is not None else None
@@ -220,7 +261,14 @@ def collate(graphs: Sequence[MoleculeGraph], elements: Sequence[int]) -> GraphBa
     if (node_type < 0).any():
         for g in graphs:
             check_elements(g, elements)
+    torsion = None
+    if all(g.torsions is not None for g in graphs):
+        seed_index = list(seed_index) if seed_index is not None else [0] * len(graphs)
+        seeds = [g.seeds[k % len(g.seeds)] for g, k in zip(graphs, seed_index)]
+        torsion = batch_torsions([g.torsions for g in graphs], seeds, offsets.tolist())
     return GraphBatch(
+        torsion=torsion,
+        seed_index=seed_index if torsion is not None else None,
         numbers=numbers,
         node_type=node_type,
         batch=torch.repeat_interleave(torch.arange(len(graphs)), counts),

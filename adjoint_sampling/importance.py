@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 
 from adjoint_sampling.graphs import GraphBatch
-from adjoint_sampling.loss import log_pbase
 from adjoint_sampling.regularizer import regularizer_energy
+from adjoint_sampling.spaces import CartesianSpace, StateSpace
 
 
 def log_weights(energy: torch.Tensor, log_p1: torch.Tensor, log_rn: torch.Tensor, tau: float,
@@ -39,14 +39,18 @@ def log_weights(energy: torch.Tensor, log_p1: torch.Tensor, log_rn: torch.Tensor
 
 
 def path_log_weights(x1: torch.Tensor, graphs: GraphBatch, energy: torch.Tensor, log_rn: torch.Tensor,
-                     h1_sq: float, tau: float, reg_alpha: float = 0.0) -> torch.Tensor:
-    """``log_weights`` of simulated paths from their terminal positions x1 [N, d] (Å) and graphs.
+                     h1_sq: float, tau: float, reg_alpha: float = 0.0, space: Optional[StateSpace] = None,
+                     positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``log_weights`` of simulated paths from their terminal states x1 [R, d] and graphs.
 
-    Adds what the positions determine: log p_1^base(X_1) with the schedule's h(1)² (Å²) and, when
-    reg_alpha > 0, the bond-structure regulariser the run was trained with. Result on the CPU [B].
+    Adds what the states determine: log p_1^base(X_1) with the schedule's h(1)² and, when
+    reg_alpha > 0, the bond-structure regulariser of the positions (default: x1 itself, Cartesian).
+    space defaults to Cartesian. Result on the CPU [B].
     """
-    lp = log_pbase(x1, graphs, h1_sq).cpu()
-    reg = regularizer_energy(x1, graphs, reg_alpha).cpu() if reg_alpha else None
+    space = space or CartesianSpace(x1.shape[-1])
+    lp = space.log_pbase(x1, graphs, h1_sq).cpu()
+    pos = positions if positions is not None else space.positions(x1, graphs)
+    reg = regularizer_energy(pos, graphs, reg_alpha).cpu() if reg_alpha else None
     return log_weights(energy.cpu(), lp, log_rn.cpu(), tau, reg)
 
 

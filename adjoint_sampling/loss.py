@@ -1,20 +1,23 @@
-"""Adjoint target, Reciprocal Adjoint Matching loss and the SOC objective estimate.
+"""Adjoint target, Reciprocal Adjoint Matching loss, bridge matching and the SOC objective estimate.
 
-Lean adjoint of a drift-free base: ã(X_1) = ∇E(X_1)/τ - X_1/h(1)^2 (+ clipped ∇E_reg), constant in t.
+Lean adjoint of a drift-free base: ã(X_1) = ∇E(X_1)/τ + ∇log p_1^base(X_1) (+ clipped ∇E_reg),
+constant in t; Cartesian: ∇log p_1^base = −X_1/h(1)², torsional: the wrapped normal's score.
 The controller outputs v with control u = g·v, so the reweighted RAM loss ‖u/g + ã‖² = ‖v + ã‖².
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
-from torch_geometric.utils import scatter
 
-from adjoint_sampling.controllers import remove_com
+from adjoint_sampling.energy_eval import energy_batch
 from adjoint_sampling.graphs import GraphBatch
+from adjoint_sampling.regularizer import regularizer_grad
 from adjoint_sampling.schedules import NoiseSchedule
-from adjoint_sampling.sde import com_free_noise, generator_device
+from adjoint_sampling.spaces import CartesianSpace, StateSpace, generator_device, remove_com
+
+AdjointField = Callable[[torch.Tensor, GraphBatch], torch.Tensor]
 
 
 def clip_per_atom(v: torch.Tensor, max_norm: float) -> torch.Tensor:
@@ -34,46 +37,68 @@ def adjoint_target(
     h1_sq: float,
     max_norm: float,
     use_pbase: bool = True,
+    space: Optional[StateSpace] = None,
 ) -> torch.Tensor:
-    """ã per atom [N, d]: clip(∇E/τ - X_1/h1²) + clip(∇E_reg), COM removed.
+    """ã per state row [R, d]: clip(∇E/τ + ∇log p_1^base) + clip(∇E_reg), projected (COM removed).
 
-    grad_energy in eV/Å, tau in eV, x1 in Å, h1_sq in Å².
+    grad_energy: ∂E/∂state (eV/Å, or eV/rad for torsions); tau in eV; x1 in Å (rad); h1_sq in Å² (rad²).
+    The clip acts per row (atom or torsion). space defaults to Cartesian.
     """
+    space = space or CartesianSpace(x1.shape[-1])
     a = grad_energy / tau
     if use_pbase:
-        a = a - x1 / h1_sq
+        a = a + space.grad_log_pbase(x1, graphs, h1_sq)
     a = clip_per_atom(a, max_norm)
     if grad_reg is not None:
         a = a + clip_per_atom(grad_reg, max_norm)
-    return remove_com(a, graphs.batch, graphs.num_graphs)
+    return space.project(a, graphs)
 
 
 def sample_bridge(
     x1: torch.Tensor, graphs: GraphBatch, schedule: NoiseSchedule, generator: Optional[torch.Generator] = None,
-    t_min: float = 0.0, t_max: float = 1.0,
+    t_min: float = 0.0, t_max: float = 1.0, space: Optional[StateSpace] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw t ~ U(t_min, t_max) per molecule copy and X_t ~ p^base(X_t | X_0 = 0, X_1), COM-free.
+    """Draw t ~ U(t_min, t_max) per molecule copy and X_t ~ p^base(X_t | X_0 = 0, X_1) in the state space.
 
-    Returns (t per atom [N], X_t [N, d]).
+    Returns (t per state row [R], X_t [R, d]); Cartesian rows are atoms (COM-free), torsional rows torsions.
     """
+    space = space or CartesianSpace(x1.shape[-1])
     b = graphs.num_graphs
     u = torch.rand(b, generator=generator, dtype=torch.float64, device=generator_device(generator, x1.device))
     t_mol = t_min + (t_max - t_min) * u.to(x1.device)
-    t = t_mol[graphs.batch]
-    coef, std = schedule.bridge_params(t)
-    noise = com_free_noise(x1.shape, graphs.batch, b, generator, x1.dtype, x1.device)
-    xt = coef.to(x1.dtype).unsqueeze(-1) * x1 + std.to(x1.dtype).unsqueeze(-1) * noise
+    t = t_mol[space.row_batch(graphs)]
+    xt = space.bridge(x1, t, graphs, schedule, generator)
     return t.to(x1.dtype), xt
 
 
 def ram_loss(
     controller, x1: torch.Tensor, target: torch.Tensor, graphs: GraphBatch, schedule: NoiseSchedule,
-    generator: Optional[torch.Generator] = None,
+    generator: Optional[torch.Generator] = None, space: Optional[StateSpace] = None,
 ) -> torch.Tensor:
-    """E_{t, X_t | X_1} ‖v_θ(t, X_t) + ã(X_1)‖², averaged over atoms."""
-    t, xt = sample_bridge(x1, graphs, schedule, generator)
+    """E_{t, X_t | X_1} ‖v_θ(t, X_t) + ã(X_1)‖², averaged over state rows."""
+    t, xt = sample_bridge(x1, graphs, schedule, generator, space=space)
     v = controller(t, xt, graphs)
     return ((v + target) ** 2).sum(-1).mean()
+
+
+def bridge_matching_loss(
+    controller, x1: torch.Tensor, graphs: GraphBatch, schedule: NoiseSchedule,
+    generator: Optional[torch.Generator] = None, space: Optional[StateSpace] = None, t_max: float = 0.999,
+) -> torch.Tensor:
+    """Warm start toward data X_1 (no energies): E ‖α(t)²·v_θ(t, X_t) − (X_1 − X_t)‖² / h(1)⁴.
+
+    The base bridge's drift toward X_1 is (X_1 − X_t)/α(t)² (in v units); regressing α(t)²·v keeps the
+    loss finite as α → 0 at t = 1. Torsions use the lifted image X_1 = θ_1 + 2πk the bridge drew, i.e.
+    the wrapped difference X_1 − X_t. Divided by h(1)⁴ so the scale does not depend on σ_max.
+    """
+    space = space or CartesianSpace(x1.shape[-1])
+    t, xt = sample_bridge(x1, graphs, schedule, generator, t_max=t_max, space=space)
+    a2 = schedule.alpha2(t.double()).to(x1.dtype).unsqueeze(-1)
+    diff = x1 - xt
+    if space.name == "torsional":
+        diff = torch.remainder(diff + math.pi, 2 * math.pi) - math.pi
+    v = controller(t, xt, graphs)
+    return ((a2 * v - diff) ** 2).sum(-1).mean() / schedule.h1_sq ** 2
 
 
 def posterior_target(
@@ -137,15 +162,32 @@ def ram_loss_posterior(
     return ((v + target.reshape(b * n, d)) ** 2).sum(-1).mean()
 
 
-def log_pbase(x1: torch.Tensor, graphs: GraphBatch, h1_sq: float) -> torch.Tensor:
-    """log N(X_1; 0, h1² I) on the COM-free subspace (dimension d·(n-1)) per molecule copy [B]."""
-    b = graphs.num_graphs
-    sq = scatter((x1.double() ** 2).sum(-1), graphs.batch, dim=0, dim_size=b, reduce="sum")
-    counts = scatter(torch.ones_like(graphs.batch, dtype=torch.float64), graphs.batch, dim=0, dim_size=b, reduce="sum")
-    dof = x1.shape[-1] * (counts - 1)
-    return -0.5 * sq / h1_sq - 0.5 * dof * math.log(2 * math.pi * h1_sq)
+def log_pbase(x1: torch.Tensor, graphs: GraphBatch, h1_sq: float, space: Optional[StateSpace] = None) -> torch.Tensor:
+    """log p_1^base(X_1) per molecule copy [B]; Cartesian: N(X_1; 0, h1² I) on the COM-free subspace."""
+    return (space or CartesianSpace(x1.shape[-1])).log_pbase(x1, graphs, h1_sq)
 
 
 def soc_objective(control_cost: torch.Tensor, energy: torch.Tensor, log_p1: torch.Tensor, tau: float) -> torch.Tensor:
     """Per-sample J = ∫½‖u‖²dt + E(X_1)/τ + log p_1^base(X_1); average the finite ones for the estimate."""
     return control_cost + energy.double() / tau + log_p1
+
+
+def make_adjoint_field(energy, cfg, h1_sq: float) -> AdjointField:
+    """ã(X) at arbitrary Cartesian states X (Å) with this run's τ, clip and regulariser: one energy call per use.
+
+    The input of a gradient-informed controller (model.energy_gradient). Computed in float64 and
+    sanitised first: a bridge or SDE state with overlapping atoms has astronomically large (or
+    non-finite) forces, which the per-atom clip must see as large rather than as inf or NaN.
+    """
+    lc = cfg.loss
+
+    def field(x: torch.Tensor, graphs: GraphBatch) -> torch.Tensor:
+        result = energy(energy_batch(graphs, x))
+        grad_e = torch.nan_to_num(-result.forces.double(), nan=0.0, posinf=1e30, neginf=-1e30).to(x.device)
+        # states are COM-free in the SDE and the bridge; centring here keeps the field (and with it the
+        # controller) translation invariant for any input, since ã's −X/h(1)² term and the clip see positions
+        xd = remove_com(x.detach().double(), graphs.batch, graphs.num_graphs)
+        grad_r = regularizer_grad(xd, graphs, lc.reg_alpha) if lc.reg_alpha else None
+        return adjoint_target(xd, grad_e, grad_r, graphs, lc.tau, h1_sq, lc.max_score_norm, lc.use_pbase).to(x.dtype)
+
+    return field

@@ -16,13 +16,14 @@ from rdkit.Chem import rdDetermineBonds
 from rdkit.Geometry import Point3D
 
 from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint
-from adjoint_sampling.config import Config, config_from_dict
-from adjoint_sampling.controllers import AdjointField, GradientInformedController, build_controller
-from adjoint_sampling.graphs import MoleculeGraph, check_elements, collate, graph_from_smiles
+from adjoint_sampling.config import Config, ConfigError, config_from_dict
+from adjoint_sampling.controllers import GradientInformedController, build_controller
+from adjoint_sampling.graphs import MoleculeGraph, check_elements, collate, graph_from_smiles, with_torsions
 from adjoint_sampling.importance import normalized_weights, path_log_weights
+from adjoint_sampling.loss import AdjointField, make_adjoint_field
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
-from adjoint_sampling.trainer import make_adjoint_field
+from adjoint_sampling.spaces import make_space
 
 
 class Sampler:
@@ -33,28 +34,46 @@ class Sampler:
         self.model = model.eval()
         self.device = device
         self.schedule = make_schedule(cfg.sde.schedule, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.sigma)
+        self.space = make_space(cfg.mode)
+        self.seeds: dict = {}  # SMILES -> stored seed conformers (the checkpoint's training molecules)
 
     def graph(self, smiles: str, name: Optional[str] = None) -> MoleculeGraph:
+        """The molecule graph of a SMILES, validated; in torsional mode with its torsions and seeds
+        (the checkpoint's stored seeds for its training molecules, else the configured seeded ETKDG)."""
         g = graph_from_smiles(smiles, name=name, allow_fragments=self.cfg.data.allow_fragments)
         check_elements(g, self.cfg.model.elements)
+        if self.cfg.mode == "torsional":
+            tc = self.cfg.torsion
+            g = with_torsions(g, tc.seeds, tc.embed_seed, tc.relax_seeds, tc.amides, seed_coords=self.seeds.get(smiles))
         return g
 
     def sample_graph(self, graph: MoleculeGraph, n: int, seed: int = 0, nfe: Optional[int] = None,
-                     batch_size: int = 256, with_log_rn: bool = False):
+                     batch_size: int = 256, with_log_rn: bool = False, base: bool = False):
         """n conformers [n, atoms, 3] (Å) of one molecule graph.
 
         with_log_rn: also return each path's log dP^u/dP^base [n], the ingredient of ``log_weights``.
+        base: sample the uncontrolled base process instead of the trained controller.
+        Torsional mode: copy k uses seed conformer k mod K; a molecule without rotatable bonds gets
+        its seed conformers (log dP^u/dP^base = 0).
         """
         if n < 1:
             raise ValueError(f"number of samples must be >= 1, got {n}")
+        if nfe is not None and nfe < 1:
+            raise ValueError(f"number of integration steps must be >= 1, got {nfe}")
         grid = time_grid(self.cfg.sde.grid, nfe or self.cfg.sde.eval_nfe)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out, log_rn = [], []
         for start in range(0, n, batch_size):
             k = min(batch_size, n - start)
-            graphs = collate([graph] * k, self.cfg.model.elements).to(self.device)
-            path = integrate(self.model, graphs, self.schedule, grid, 3, gen)
-            out.append(path.x1.double().cpu().numpy().reshape(k, graph.num_atoms, 3))
+            seeds = [(start + i) % len(graph.seeds) for i in range(k)] if graph.seeds is not None else None
+            graphs = collate([graph] * k, self.cfg.model.elements, seeds).to(self.device)
+            if self.cfg.mode == "torsional" and graph.num_torsions == 0:
+                out.append(graphs.torsion.seed_pos.cpu().numpy().reshape(k, graph.num_atoms, 3))
+                log_rn.append(np.zeros(k))
+                continue
+            path = integrate(None if base else self.model, graphs, self.schedule, grid, 3, gen, space=self.space)
+            pos = self.space.positions(path.x1, graphs)
+            out.append(pos.double().cpu().numpy().reshape(k, graph.num_atoms, 3))
             log_rn.append(path.log_rn.cpu().numpy())
         coords = np.concatenate(out)
         return (coords, np.concatenate(log_rn)) if with_log_rn else coords
@@ -66,11 +85,13 @@ class Sampler:
         in eV. The target is the one the sampler was trained for: exp(−E/τ − E_reg) with the checkpoint's
         τ (eV) and regulariser. Weights sum to 1 (log-sum-exp 0); a non-finite energy gives −inf.
         """
-        graphs = collate([graph] * len(coords), self.cfg.model.elements)
-        x = torch.as_tensor(coords, dtype=torch.float64).reshape(-1, 3)
+        seeds = [i % len(graph.seeds) for i in range(len(coords))] if graph.seeds is not None else None
+        graphs = collate([graph] * len(coords), self.cfg.model.elements, seeds)
+        pos = torch.as_tensor(coords, dtype=torch.float64).reshape(-1, 3)
+        state = self.space.state_of(pos, graphs)  # the torsion angles measured back (exact round trip)
         lc = self.cfg.loss
-        lw = path_log_weights(x, graphs, torch.as_tensor(energies, dtype=torch.float64), torch.as_tensor(log_rn),
-                              self.schedule.h1_sq, lc.tau, lc.reg_alpha)
+        lw = path_log_weights(state, graphs, torch.as_tensor(energies, dtype=torch.float64), torch.as_tensor(log_rn),
+                              self.schedule.h1_sq, lc.tau, lc.reg_alpha, space=self.space, positions=pos)
         normalized_weights(lw)  # raises if no conformer has a finite weight
         return (lw - torch.logsumexp(lw, 0)).numpy()  # not log(softmax): tiny weights must not underflow to −inf
 
@@ -84,14 +105,17 @@ def load_sampler(path: str | Path, device: str = "cpu") -> Sampler:
     state = load_checkpoint(path, map_location=device)
     try:
         cfg = config_from_dict(state["config"])
-        model = build_controller(cfg.model)
+        model = build_controller(cfg.model, cfg.mode)
         model.load_state_dict(state["model"])
-    except (ValueError, RuntimeError, KeyError) as exc:
+    except (ValueError, RuntimeError, KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"checkpoint {path} does not match this version's model: {str(exc).splitlines()[0]}") from None
     if isinstance(model, GradientInformedController):
         model.attach(_checkpoint_field(cfg, path))
     dev = torch.device(device)
-    return Sampler(cfg, model.to(dev), dev)
+    sampler = Sampler(cfg, model.to(dev), dev)
+    for (smiles, _), seeds in zip(state.get("molecules", []), state.get("seeds", [])):
+        sampler.seeds[smiles] = seeds  # sample training molecules on the seeds they were trained on
+    return sampler
 
 
 def _checkpoint_field(cfg: Config, path) -> AdjointField:

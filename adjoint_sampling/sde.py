@@ -1,6 +1,8 @@
 """Euler–Maruyama integration of the controlled SDE dX = g(t)^2 v_θ(t, X) dt + g(t) dB, X_0 = 0.
 
-Noise and state live in the centre-of-mass-free subspace (COM projected after every step).
+The state space (``adjoint_sampling.spaces``) says where states live: the centre-of-mass-free
+subspace of Cartesian positions (COM projected after every step) or the torus of torsion angles
+(wrapped into [−π, π) after every step).
 Within a step the controller output v is held fixed and g(t)^2 is integrated exactly:
 Δh² = h(t+Δt)^2 - h(t)^2 scales the drift (Δh²·v), the Brownian increment's variance, and the
 control cost (½ Δh² ‖v‖²). The uncontrolled process then has exactly the base marginals on any grid;
@@ -18,31 +20,19 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Optional
 
 import torch
-from torch_geometric.utils import scatter
 
-from adjoint_sampling.controllers import remove_com
 from adjoint_sampling.graphs import GraphBatch
 from adjoint_sampling.schedules import NoiseSchedule
+from adjoint_sampling.spaces import CartesianSpace, StateSpace, com_free_noise, generator_device  # noqa: F401
 
 Controller = Callable[[torch.Tensor, torch.Tensor, GraphBatch], torch.Tensor]
-
-
-def generator_device(generator: Optional[torch.Generator], default) -> torch.device:
-    """The device random numbers must be drawn on: the generator's own, or ``default`` without one."""
-    return generator.device if generator is not None else torch.device(default)
-
-
-def com_free_noise(shape, batch: torch.Tensor, num_graphs: int, generator=None, dtype=torch.float32, device="cpu"):
-    """Standard Gaussian projected onto the COM-free subspace of each molecule."""
-    # draw where the generator lives (the trainer's minibatch generator stays on the CPU), then move
-    z = torch.randn(shape, generator=generator, dtype=dtype, device=generator_device(generator, device)).to(device)
-    return remove_com(z, batch, num_graphs)
 
 
 class SDEPath(NamedTuple):
     """End of a batch of simulated paths.
 
-    x1: terminal positions [N, dim] (Å), COM-free per molecule copy.
+    x1: terminal states [R, d]: positions [N, dim] (Å), COM-free per molecule copy, or torsion
+      angles [T, 1] (radians) in [−π, π); ``space.positions`` maps them to Cartesian positions.
     cost: control cost ∫ ½‖u‖² dt per copy [B] (float64).
     log_rn: log dP^u/dP^base of each path [B] (float64): the cost plus the stochastic integral
       ∫ u·dB. Its mean is the cost's; per path it is what importance weights need.
@@ -62,30 +52,31 @@ def integrate(
     dim: int = 3,
     generator: Optional[torch.Generator] = None,
     dtype: torch.dtype = torch.float32,
+    space: Optional[StateSpace] = None,
 ) -> SDEPath:
     """Simulate from X_0 = 0 along ``grid``. controller=None gives the uncontrolled base process.
 
-    Returns an SDEPath: X_1 [N, dim] (Å), the control cost ∫ ½‖u‖² dt and log dP^u/dP^base per
-    molecule copy [B].
+    space: the state space (default: Cartesian of ``dim`` dimensions). Returns an SDEPath: X_1 [R, d],
+    the control cost ∫ ½‖u‖² dt and log dP^u/dP^base per molecule copy [B].
     """
+    space = space or CartesianSpace(dim)
     device = graphs.batch.device
-    n, b = graphs.num_atoms, graphs.num_graphs
-    x = torch.zeros(n, dim, dtype=dtype, device=device)
+    b = graphs.num_graphs
+    x = space.initial(graphs, dtype)
     cost = torch.zeros(b, dtype=torch.float64, device=device)
     noise_work = torch.zeros(b, dtype=torch.float64, device=device)  # Σ √Δh² v·ξ = ∫ u·dB
     grid = grid.to(device=device, dtype=torch.float64)
     for k in range(len(grid) - 1):
         t = grid[k]
         dh2 = (schedule.h2(grid[k + 1]) - schedule.h2(t)).clamp_min(0)  # ∫ g² dt over the step
-        noise = com_free_noise((n, dim), graphs.batch, b, generator, dtype, device)
+        noise = space.noise(graphs, generator, dtype)
         step = dh2.sqrt() * noise
         if controller is not None:
             v = controller(t.to(dtype), x, graphs)
             step = step + dh2 * v
             # ∫ ½‖u‖² dt with u = g·v and v held over the step
             vd = v.double()
-            cost += 0.5 * dh2 * scatter((vd ** 2).sum(-1), graphs.batch, dim=0, dim_size=b, reduce="sum")
-            noise_work += dh2.sqrt() * scatter((vd * noise.double()).sum(-1), graphs.batch, dim=0, dim_size=b,
-                                               reduce="sum")
-        x = remove_com(x + step.to(dtype), graphs.batch, b)
+            cost += 0.5 * dh2 * space.sum_rows((vd ** 2).sum(-1), graphs)
+            noise_work += dh2.sqrt() * space.sum_rows((vd * noise.double()).sum(-1), graphs)
+        x = space.wrap(x + step.to(dtype), graphs)
     return SDEPath(x, cost, cost + noise_work)

@@ -21,18 +21,23 @@ from tqdm.auto import tqdm
 from adjoint_sampling.buffer import BufferEntry, ReplayBuffer
 from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from adjoint_sampling.config import Config, to_dict
-from adjoint_sampling.controllers import AdjointField, GradientInformedController, build_controller, remove_com
+from adjoint_sampling.controllers import GradientInformedController, build_controller
+from adjoint_sampling.energy_eval import energy_batch, evaluate_states  # noqa: F401 (energy_batch re-exported)
 from adjoint_sampling.graphs import GraphBatch, MoleculeGraph, collate
-from adjoint_sampling.loss import (
-    adjoint_target, log_pbase, ram_loss, ram_loss_posterior, soc_objective, symmetry_copies,
-)
 from adjoint_sampling.importance import effective_sample_size, path_log_weights
-from adjoint_sampling.regularizer import regularizer_grad
+from adjoint_sampling.loss import (
+    adjoint_target, bridge_matching_loss, make_adjoint_field, ram_loss, ram_loss_posterior, soc_objective,
+    symmetry_copies,
+)
+from adjoint_sampling.regularizer import regularizer_energy, regularizer_grad
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
-from energies.base import EnergyBatch, EnergyModel
+from adjoint_sampling.spaces import make_space
+from energies.base import EnergyModel
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 2  # 2: mode, torsional seeds and the simulation streams; 1 (Cartesian) still loads
+KNOWN_FORMATS = (1, 2)
 LOG_NAME = "metrics.csv"
 
 
@@ -82,36 +87,6 @@ def resolve_device(name: str, ctx: DistContext) -> torch.device:
     return torch.device(name)
 
 
-def energy_batch(graphs: GraphBatch, x: torch.Tensor) -> EnergyBatch:
-    """Positions of a GraphBatch as the energy contract's input (Å, float64 on CPU)."""
-    return EnergyBatch(
-        numbers=graphs.numbers.cpu(), positions=x.detach().double().cpu(), batch=graphs.batch.cpu(),
-        charges=graphs.charges.cpu(), spins=graphs.spins.cpu(),
-        mols=[g.mol for g in graphs.graphs], keys=[g.smiles or g.name for g in graphs.graphs],
-    )
-
-
-def make_adjoint_field(energy: EnergyModel, cfg: Config, h1_sq: float) -> AdjointField:
-    """ã(X) at arbitrary states X (Å) with this run's τ, clip and regulariser: one energy call per use.
-
-    The input of a gradient-informed controller (model.energy_gradient). Computed in float64 and
-    sanitised first: a bridge or SDE state with overlapping atoms has astronomically large (or
-    non-finite) forces, which the per-atom clip must see as large rather than as inf or NaN.
-    """
-    lc = cfg.loss
-
-    def field(x: torch.Tensor, graphs: GraphBatch) -> torch.Tensor:
-        result = energy(energy_batch(graphs, x))
-        grad_e = torch.nan_to_num(-result.forces.double(), nan=0.0, posinf=1e30, neginf=-1e30).to(x.device)
-        # states are COM-free in the SDE and the bridge; centring here keeps the field (and with it the
-        # controller) translation invariant for any input, since ã's −X/h(1)² term and the clip see positions
-        xd = remove_com(x.detach().double(), graphs.batch, graphs.num_graphs)
-        grad_r = regularizer_grad(xd, graphs, lc.reg_alpha) if lc.reg_alpha else None
-        return adjoint_target(xd, grad_e, grad_r, graphs, lc.tau, h1_sq, lc.max_score_norm, lc.use_pbase).to(x.dtype)
-
-    return field
-
-
 class Trainer:
     """Owns the controller, optimizer, replay buffer and the energy; ``fit`` runs the epochs."""
 
@@ -134,8 +109,14 @@ class Trainer:
         self.elements = list(cfg.model.elements)
 
         torch.manual_seed(cfg.train.seed)
+        self.space = make_space(cfg.mode, dim)
+        if cfg.mode == "torsional":
+            if any(g.num_torsions == 0 for g in molecules):
+                raise ValueError("torsional training needs molecules with rotatable bonds (leave out the others)")
+            if cfg.loss.posterior_targets:
+                raise ValueError("loss.posterior_targets is a Cartesian single-system option, not for mode=torsional")
         self.schedule = make_schedule(cfg.sde.schedule, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.sigma)
-        self.model = build_controller(cfg.model).to(self.device)
+        self.model = build_controller(cfg.model, cfg.mode).to(self.device)
         if isinstance(self.model, GradientInformedController):
             self.model.attach(make_adjoint_field(energy, cfg, self.schedule.h1_sq))
         self.ddp_model = self.model
@@ -162,53 +143,65 @@ class Trainer:
         picks = torch.randint(len(self.molecules), (n_mol,), generator=generator or self.gen).tolist()
         return [i for i in picks for _ in range(dup)]
 
-    def batch_of(self, mol_indices: list[int]) -> GraphBatch:
-        """The GraphBatch of these molecule copies on the training device.
+    def _seed_indices(self, mol_indices: list[int], generator: Optional[torch.Generator] = None) -> Optional[list]:
+        """Torsional mode: a random seed conformer per copy (None in Cartesian mode or with one seed each)."""
+        if self.cfg.mode != "torsional" or self.cfg.torsion.seeds <= 1:
+            return None
+        draws = torch.randint(1 << 30, (len(mol_indices),), generator=generator or self.gen).tolist()
+        return [d % len(self.molecules[m].seeds) for d, m in zip(draws, mol_indices)]
+
+    def batch_of(self, mol_indices: list[int], seeds: Optional[list] = None) -> GraphBatch:
+        """The GraphBatch of these molecule copies on the training device (copy i on seed conformer seeds[i]).
 
         With a single training molecule (the synthetic systems) every batch of k copies is the same,
         so it is built once per k: collating 128 copies cost a tenth of a small model's step.
         """
-        if len(self.molecules) > 1:
-            return collate([self.molecules[i] for i in mol_indices], self.elements).to(self.device)
+        if len(self.molecules) > 1 or seeds is not None:
+            return collate([self.molecules[i] for i in mol_indices], self.elements, seeds).to(self.device)
         k = len(mol_indices)
         if k not in self._batch_cache:
             self._batch_cache[k] = collate([self.molecules[0]] * k, self.elements).to(self.device)
         return self._batch_cache[k]
 
-    def simulate(self, mol_indices: list[int], grid: torch.Tensor, generator: Optional[torch.Generator] = None):
-        """Integrate the controlled SDE for these molecule copies: (graphs, SDEPath with X_1 [N, d] Å)."""
-        graphs = self.batch_of(mol_indices)
+    def simulate(self, mol_indices: list[int], grid: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 seeds: Optional[list] = None):
+        """Integrate the controlled SDE for these molecule copies: (graphs, SDEPath with states X_1 [R, d])."""
+        graphs = self.batch_of(mol_indices, seeds)
         self.model.eval()
-        path = integrate(self.model, graphs, self.schedule, grid, self.dim, generator or self.sim_gen)
+        path = integrate(self.model, graphs, self.schedule, grid, self.dim, generator or self.sim_gen, space=self.space)
         self.model.train()
         return graphs, path
 
     def evaluate_energy(self, graphs: GraphBatch, x1: torch.Tensor):
-        """Energies (eV) [B], ∇E (eV/Å) [N, d] and a finite mask [B]."""
-        result = self.energy(energy_batch(graphs, x1))
-        ok = result.finite_mask(graphs.batch.cpu())
-        return result.energy.double(), (-result.forces).to(x1.dtype), ok
+        """Energies (eV) [B], ∂E/∂state [R, d] (eV/Å or eV/rad) and a finite mask [B] of states x1."""
+        res = evaluate_states(self.energy, self.space, graphs, x1)
+        return res.energy, res.grad, res.ok
 
     def store(self, mol_idx: list[int], graphs: GraphBatch, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Evaluate E, ∇E and ∇E_reg of terminal samples once and add the finite ones to the buffer.
+        """Evaluate E, ∂E/∂X_1 and ∂E_reg/∂X_1 of terminal states once and add the finite ones to the buffer.
 
         Returns (energies (eV) [B], finite mask [B]).
         """
-        energy, grad_e, ok = self.evaluate_energy(graphs, x1)
-        grad_r = regularizer_grad(x1, graphs, self.cfg.loss.reg_alpha)
-        xs, ges, grs = graphs.split(x1.cpu()), graphs.split(grad_e.cpu()), graphs.split(grad_r.cpu())
+        res = evaluate_states(self.energy, self.space, graphs, x1)
+        energy, grad_e, ok = res.energy, res.grad, res.ok
+        grad_r = self.space.pullback(res.positions, regularizer_grad(res.positions, graphs, self.cfg.loss.reg_alpha),
+                                     graphs).to(x1.dtype)
+        split = self.space.split
+        xs, ges, grs = split(x1.cpu(), graphs), split(grad_e.cpu(), graphs), split(grad_r.cpu(), graphs)
+        seeds = graphs.seed_index or [0] * len(mol_idx)
         for i, m in enumerate(mol_idx):
             if ok[i]:
                 g = self.molecules[m]
-                self.buffer.add(BufferEntry(m, g.smiles or g.name, xs[i], ges[i], grs[i], float(energy[i])))
+                self.buffer.add(BufferEntry(m, g.smiles or g.name, xs[i], ges[i], grs[i], float(energy[i]), seeds[i]))
         return energy, ok
 
     def collect(self) -> dict:
         """Simulate this rank's share of the epoch's samples, evaluate E once, fill the buffer."""
         per_rank = max(1, self.cfg.train.samples_per_epoch // self.ctx.world_size)
         mol_idx = self._molecule_indices(per_rank)
+        seeds = self._seed_indices(mol_idx)
         t0 = time.time()
-        graphs, path = self.simulate(mol_idx, self.train_grid)
+        graphs, path = self.simulate(mol_idx, self.train_grid, seeds=seeds)
         x1 = path.x1
         t1 = time.time()
         energy, ok = self.store(mol_idx, graphs, x1)
@@ -228,13 +221,15 @@ class Trainer:
         return self._with_targets(self.buffer.sample(k, self.gen))
 
     def _with_targets(self, entries: list[BufferEntry]) -> tuple[GraphBatch, torch.Tensor, torch.Tensor]:
-        """Buffer entries as (graphs, X_1 [N, d] Å, adjoint target ã [N, d]) on the training device."""
-        graphs = self.batch_of([e.mol_index for e in entries])
+        """Buffer entries as (graphs, X_1 [R, d], adjoint target ã [R, d]) on the training device."""
+        seeds = [e.seed for e in entries] if self._seed_indices([0]) is not None else None
+        graphs = self.batch_of([e.mol_index for e in entries], seeds)
         x1 = torch.cat([e.x1 for e in entries]).to(self.device)
         grad_e = torch.cat([e.grad_energy for e in entries]).to(self.device)
         grad_r = torch.cat([e.grad_reg for e in entries]).to(self.device)
         lc = self.cfg.loss
-        target = adjoint_target(x1, grad_e, grad_r, graphs, lc.tau, self.schedule.h1_sq, lc.max_score_norm, lc.use_pbase)
+        target = adjoint_target(x1, grad_e, grad_r, graphs, lc.tau, self.schedule.h1_sq, lc.max_score_norm, lc.use_pbase,
+                                space=self.space)
         return graphs, x1, target
 
     def posterior_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,7 +262,7 @@ class Trainer:
                 loss = self._posterior_loss(bank_x1, bank_a, permute)
             else:
                 graphs, x1, target = self.minibatch(self.cfg.train.batch_size)
-                loss = ram_loss(self.ddp_model, x1, target, graphs, self.schedule, self.gen)
+                loss = ram_loss(self.ddp_model, x1, target, graphs, self.schedule, self.gen, space=self.space)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.train.grad_clip > 0:
@@ -291,12 +286,17 @@ class Trainer:
         pick_gen = torch.Generator().manual_seed(seed + self.ctx.rank)
         noise_gen = torch.Generator(device=self.device).manual_seed(seed + 7919 + self.ctx.rank)
         mol_idx = self._molecule_indices(per_rank, pick_gen)
-        graphs, path = self.simulate(mol_idx, self.eval_grid, noise_gen)
-        energy, _, ok = self.evaluate_energy(graphs, path.x1)
-        lp = log_pbase(path.x1, graphs, self.schedule.h1_sq).cpu()
-        soc = soc_objective(path.cost.cpu(), energy, lp, self.cfg.loss.tau)[ok]
+        graphs, path = self.simulate(mol_idx, self.eval_grid, noise_gen, seeds=self._seed_indices(mol_idx, pick_gen))
+        res = evaluate_states(self.energy, self.space, graphs, path.x1)
+        energy, ok = res.energy, res.ok
         lc = self.cfg.loss
-        log_w = path_log_weights(path.x1, graphs, energy, path.log_rn, self.schedule.h1_sq, lc.tau, lc.reg_alpha)
+        log_w = path_log_weights(path.x1, graphs, energy, path.log_rn, self.schedule.h1_sq, lc.tau, lc.reg_alpha,
+                                 space=self.space, positions=res.positions)
+        lp = self.space.log_pbase(path.x1, graphs, self.schedule.h1_sq).cpu()
+        soc = soc_objective(path.cost.cpu(), energy, lp, lc.tau)
+        if lc.reg_alpha:  # the objective being trained (and weighted by eval_ess) includes E_reg
+            soc = soc + regularizer_energy(res.positions, graphs, lc.reg_alpha).cpu().double()
+        soc = soc[ok]
         ess_sum, n_mol = _ess_per_molecule(log_w, mol_idx)
         stats = torch.tensor([soc.sum(), float(len(soc)), energy[ok].sum(), float((~ok).sum()), ess_sum, n_mol],
                              dtype=torch.float64)
@@ -315,25 +315,35 @@ class Trainer:
     def state_dict(self) -> dict:
         buffers = [self.buffer.state_dict()]
         gens = [self.gen.get_state()]
+        sim_gens = [self.sim_gen.get_state().cpu()]
         if self.ctx.enabled:  # every rank's buffer and RNG go into the one checkpoint
             gathered = [None] * self.ctx.world_size
-            dist.all_gather_object(gathered, (buffers[0], gens[0]))
+            dist.all_gather_object(gathered, (buffers[0], gens[0], sim_gens[0]))
             buffers = [g[0] for g in gathered]
             gens = [g[1] for g in gathered]
+            sim_gens = [g[2] for g in gathered]
+        seeds = [g.seeds for g in self.molecules] if self.cfg.mode == "torsional" else []
         return {
-            "format": 1,
+            "format": CHECKPOINT_FORMAT,
+            "mode": self.cfg.mode,
+            "seeds": seeds,
             "epoch": self.epoch,
             "config": to_dict(self.cfg),
             "molecules": [[g.smiles, g.name] for g in self.molecules],
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "buffers": buffers,
-            "rng": {"gens": gens, "torch": torch.get_rng_state()},
+            "rng": {"gens": gens, "sim_gens": sim_gens, "torch": torch.get_rng_state()},
             "total_failed": self.total_failed,
             "dim": self.dim,
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("format") not in KNOWN_FORMATS:
+            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not one this version reads "
+                                  f"({', '.join(map(str, KNOWN_FORMATS))})")
+        if state.get("mode", "cartesian") != self.cfg.mode:
+            raise CheckpointError(f"checkpoint is a {state.get('mode', 'cartesian')} run, the config says {self.cfg.mode}")
         saved = [tuple(m) for m in state.get("molecules", [])]
         current = [(g.smiles, g.name) for g in self.molecules]
         if saved != current:
@@ -344,9 +354,15 @@ class Trainer:
             raise CheckpointError(f"checkpoint does not match the configured model: {str(exc).splitlines()[0]}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         buffers, gens = state["buffers"], state["rng"]["gens"]
-        r = self.ctx.rank if self.ctx.rank < len(buffers) else 0
+        if self.ctx.world_size != len(buffers):
+            raise CheckpointError(f"checkpoint holds {len(buffers)} rank(s) of replay buffers and random streams; "
+                                  f"resume it with the same number of processes, not {self.ctx.world_size}")
+        r = self.ctx.rank
         self.buffer.load_state_dict(buffers[r])
-        self.gen.set_state(gens[r] if self.ctx.rank < len(gens) else gens[0])
+        self.gen.set_state(gens[r])
+        sim_gens = state["rng"].get("sim_gens")
+        if sim_gens:  # older checkpoints did not save the simulation stream
+            self.sim_gen.set_state(sim_gens[r])
         torch.set_rng_state(state["rng"]["torch"])
         self.epoch = int(state["epoch"])
         self.total_failed = int(state.get("total_failed", 0))

@@ -78,7 +78,7 @@ def _gradient_informed_lj13():
     from adjoint_sampling.controllers import build_controller
     from adjoint_sampling.graphs import point_cloud_graph
     from adjoint_sampling.schedules import make_schedule
-    from adjoint_sampling.trainer import make_adjoint_field
+    from adjoint_sampling.loss import make_adjoint_field
     from energies.registry import make_energy
 
     cfg = load_config("lj13", ["model.energy_gradient=true", "model.hidden=16", "model.max_output_norm=0"])
