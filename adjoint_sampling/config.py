@@ -161,6 +161,10 @@ def validate(cfg: Config) -> Config:
                 "train.cpu_threads", "sample.n"):
         value = _get(cfg, key)
         need(value >= 0, key, value, "an integer >= 0")
+    if cfg.mode == "torsional":
+        for key in ("model.energy_gradient", "loss.posterior_targets"):
+            if _get(cfg, key):
+                raise ConfigError(f"config key '{key}' is a Cartesian option and cannot be used with mode=torsional")
     if not cfg.model.elements:
         raise ConfigError("config key 'model.elements' must list at least one atomic number")
     return cfg

@@ -8,13 +8,12 @@ it lies on the bond axis, so the dihedral is undefined) and, unless ``amides=Tru
 bonds (their ~0.8 eV cis/trans barrier is never crossed at the temperatures sampled here, so the
 seed's planar amide is kept).
 
-Moving sides are chosen relative to one root atom (the heavy-atom graph centre): for each bond,
-c is the atom on the side away from the root and S_k is that side. Then rotating S_k about b→c
-leaves every other defining dihedral a–b–c–d unchanged (any other bond's four atoms lie all on one
-side of bond k or on its axis), so x(θ) sets every dihedral exactly, in any order. The smaller side
-would not: rotating a C–C bond's far side would turn the reference atom of a methyl rotor on the
-near side. a and d are b's and c's neighbours (other than c, b) of highest atomic number, then
-lowest index.
+Moving sides: for each bond, c is the atom on the side away from one central root atom (the
+heavy-atom graph centre) and S_k is that side, usually the smaller one. Rotating S_k about b→c
+leaves every other defining dihedral a–b–c–d unchanged: a path a–b–c–d crosses bond k only through
+its two axis atoms, so its four atoms move together or not at all. Hence x(θ) sets every dihedral
+exactly, in any order. a and d are b's and c's neighbours (other than c, b) of highest atomic
+number, then lowest index.
 """
 from __future__ import annotations
 

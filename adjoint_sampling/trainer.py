@@ -354,9 +354,9 @@ class Trainer:
             raise CheckpointError(f"checkpoint does not match the configured model: {str(exc).splitlines()[0]}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         buffers, gens = state["buffers"], state["rng"]["gens"]
-        if self.ctx.world_size != len(buffers):
+        if self.ctx.world_size > len(buffers):  # extra ranks would replay rank 0's buffer and random streams
             raise CheckpointError(f"checkpoint holds {len(buffers)} rank(s) of replay buffers and random streams; "
-                                  f"resume it with the same number of processes, not {self.ctx.world_size}")
+                                  f"resume it with at most that many processes, not {self.ctx.world_size}")
         r = self.ctx.rank
         self.buffer.load_state_dict(buffers[r])
         self.gen.set_state(gens[r])
