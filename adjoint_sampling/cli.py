@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parent / "data"  # bundled molecule lists (package data)
 
 
 class UserError(ValueError):
@@ -19,10 +19,11 @@ class UserError(ValueError):
 
 # ---------------------------------------------------------------------- train
 def _resolve_molecule_file(spec: str) -> Path:
-    """A path, or ``bundled:NAME`` for a list shipped in the project's data/ folder."""
+    """A path, or ``bundled:NAME`` for a list shipped in the package (adjoint_sampling/data/NAME.txt)."""
     if spec.startswith("bundled:"):
-        path = DATA_DIR / f"{spec.split(':', 1)[1]}.txt"
-        if not path.is_file():
+        name = spec.split(":", 1)[1]
+        path = DATA_DIR / f"{name}.txt"
+        if not name.replace("-", "").replace("_", "").isalnum() or not path.is_file():
             known = ", ".join(sorted(p.stem for p in DATA_DIR.glob("*.txt")))
             raise UserError(f"unknown bundled molecule set '{spec}' (known: {known})")
         return path
