@@ -1,9 +1,11 @@
-"""Checkpoints written atomically (temp file + rename) and loaded with weights_only=True.
+"""Checkpoints written atomically (temp file + rename) and loaded with weights_only=True; the
+run-directory lock.
 
-The temp file is ``.<name>.<host>-<pid>.<random>.tmp`` beside the checkpoint. A writer killed with
-SIGKILL cannot remove its own; the next save or load in that directory removes the temps whose writer
-is gone: a pid of this host that no longer runs, or (another host's, or an untagged one from an
-older version) a temp untouched for STALE_TEMP_S seconds.
+The temp file is ``.<name>.<host>-<pid>.<random>.tmp`` beside the checkpoint (``temp_beside``; the
+conformer writer names its temps the same way). A writer killed with SIGKILL cannot remove its own;
+the next save or load in that directory removes the temps whose writer is gone: a pid of this host
+that no longer runs, or (another host's, or an untagged one from an older version) a temp untouched
+for STALE_TEMP_S seconds.
 """
 from __future__ import annotations
 
@@ -66,12 +68,37 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not match the requested model."""
 
 
+KNOWN_FORMATS = (1, 2)  # checkpoint layouts this version reads (the trainer writes the newest)
+
+
+def check_format(state: dict, path: str | Path = "checkpoint") -> None:
+    """CheckpointError unless ``state`` is a layout this version reads and its config is a mapping."""
+    if state.get("format") not in KNOWN_FORMATS:
+        raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r} is not one this version reads "
+                              f"({', '.join(map(str, KNOWN_FORMATS))})")
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path}: the checkpoint's config is a {type(state.get('config')).__name__}, not a mapping")
+
+
+def temp_beside(path: str | Path, plain_mode: bool = False) -> tuple[int, str]:
+    """(fd, name) of a new unique temp file beside ``path``, named so clean_stale_temps can tell
+    whether its writer is gone: ``.<name>.<host>-<pid>.<random>.tmp``. mkstemp makes it private
+    (0600); ``plain_mode`` gives it the permissions ``open(path, "w")`` would (0666 less the umask)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host_tag()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    if plain_mode:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write ``state`` to ``path`` so that a crash never leaves a half-written file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host_tag()}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -99,3 +126,73 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not an adjoint-sampling checkpoint (missing model/config)")
     return state
+
+
+# ---------------------------------------------------------------------- run-directory lock
+LOCK_NAME = ".lock"
+
+
+class RunDirLocked(CheckpointError):
+    """Another live process holds the run directory."""
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory for as long as one process trains in it.
+
+    ``fcntl.flock`` on ``<run_dir>/.lock``, kept open until ``release`` (or the process's end: the kernel
+    drops the lock of a killed process, so a stale lock needs no clean-up). The file holds the owner's
+    host and pid, for the message the next process gets. The lock file itself stays behind.
+    """
+
+    @staticmethod
+    def in_use_message(run_dir: str | Path, owner: str) -> str:
+        return (f"run directory {Path(run_dir)} is in use by {owner} (lock {Path(run_dir) / LOCK_NAME}); "
+                "wait for it to finish or choose another run_dir")
+
+    def __init__(self, run_dir: str | Path):
+        import fcntl
+
+        self.path = Path(run_dir) / LOCK_NAME
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                owner = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            finally:
+                os.close(fd)
+            raise RunDirLocked(self.in_use_message(run_dir, owner)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+
+    @staticmethod
+    def holder(run_dir: str | Path) -> str | None:
+        """Who holds the lock of run_dir now (None: nobody); creates and changes nothing."""
+        import fcntl
+
+        path = Path(run_dir) / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunDirLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

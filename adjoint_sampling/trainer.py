@@ -19,7 +19,9 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from adjoint_sampling.buffer import BufferEntry, ReplayBuffer
-from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from adjoint_sampling.checkpoint import (  # noqa: F401 (KNOWN_FORMATS re-exported)
+    KNOWN_FORMATS, CheckpointError, check_format, load_checkpoint, save_checkpoint, temp_beside,
+)
 from adjoint_sampling.config import Config, to_dict
 from adjoint_sampling.controllers import GradientInformedController, build_controller
 from adjoint_sampling.energy_eval import energy_batch, evaluate_states  # noqa: F401 (energy_batch re-exported)
@@ -37,8 +39,14 @@ from energies.base import EnergyModel
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2  # 2: mode, torsional seeds and the simulation streams; 1 (Cartesian) still loads
-KNOWN_FORMATS = (1, 2)
+assert CHECKPOINT_FORMAT in KNOWN_FORMATS
 LOG_NAME = "metrics.csv"
+LOG_FIELDS = ["epoch", "time_s", "loss", "buffer", "n_samples", "n_failed", "energy_mean", "energy_min",
+              "soc", "eval_energy_mean", "eval_failed", "eval_ess", "sim_s", "energy_s", "train_s"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss or model, or no finite sample to learn from)."""
 
 
 @dataclass
@@ -131,6 +139,7 @@ class Trainer:
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1000 + self.ctx.rank)
         self.sim_gen = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 1000 + 17 + self.ctx.rank)
         self.epoch = 0
+        self.saved_epoch: Optional[int] = None  # epoch of the last checkpoint written or loaded
         self.total_failed = 0
         self.best_soc = math.inf
         self._batch_cache: dict[int, GraphBatch] = {}
@@ -339,9 +348,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("format") not in KNOWN_FORMATS:
-            raise CheckpointError(f"checkpoint format {state.get('format')!r} is not one this version reads "
-                                  f"({', '.join(map(str, KNOWN_FORMATS))})")
+        check_format(state)
         if state.get("mode", "cartesian") != self.cfg.mode:
             raise CheckpointError(f"checkpoint is a {state.get('mode', 'cartesian')} run, the config says {self.cfg.mode}")
         saved = [tuple(m) for m in state.get("molecules", [])]
@@ -365,6 +372,7 @@ class Trainer:
             self.sim_gen.set_state(sim_gens[r])
         torch.set_rng_state(state["rng"]["torch"])
         self.epoch = int(state["epoch"])
+        self.saved_epoch = self.epoch
         self.total_failed = int(state.get("total_failed", 0))
 
     def save(self) -> Optional[Path]:
@@ -373,6 +381,7 @@ class Trainer:
             return None
         path = self.run_dir / CHECKPOINT_NAME
         save_checkpoint(state, path)
+        self.saved_epoch = self.epoch
         return path
 
     # ------------------------------------------------------------------ loop
@@ -380,20 +389,63 @@ class Trainer:
         if not self.ctx.is_main:
             return
         path = self.run_dir / LOG_NAME
-        fields = ["epoch", "time_s", "loss", "buffer", "n_samples", "n_failed", "energy_mean", "energy_min",
-                  "soc", "eval_energy_mean", "eval_failed", "eval_ess", "sim_s", "energy_s", "train_s"]
         new = not path.exists()
         with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
             if new:
                 w.writeheader()
-            w.writerow({k: row.get(k, "") for k in fields})
+            w.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+
+    def _trim_log(self) -> None:
+        """Drop the log rows of epochs after self.epoch (a resumed run logged them after its last
+        checkpoint, and is about to redo them), replacing the file atomically."""
+        path = self.run_dir / LOG_NAME
+        if not self.ctx.is_main or not path.is_file():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            return
+
+        def keep(r: list) -> bool:
+            try:
+                return int(r[0]) <= self.epoch
+            except (ValueError, IndexError):  # a row cut short by a kill, or garbage
+                return False
+
+        kept = [rows[0]] + [r for r in rows[1:] if keep(r)]
+        if len(kept) == len(rows):
+            return
+        fd, tmp = temp_beside(path, plain_mode=True)
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        self.log(f"{LOG_NAME}: dropped {len(rows) - len(kept)} row(s) logged after the checkpoint of epoch {self.epoch}")
+
+    def _divergence(self, row: dict) -> str:
+        """Why training cannot continue after this epoch ('' when it can)."""
+        if not len(self.buffer):
+            return (f"no sample so far had a finite energy and force ({self.total_failed} failed): "
+                    f"energy '{self.cfg.energy.name}' cannot evaluate these molecules at the sampled geometries")
+        if not math.isfinite(row["loss"]):
+            return f"the training loss became {row['loss']} at epoch {self.epoch}"
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            return f"the model's parameters became non-finite at epoch {self.epoch}"
+        return ""
 
     def fit(self) -> dict:
         """Run epochs from self.epoch to cfg.train.epochs; checkpoint periodically and at the end."""
         tc = self.cfg.train
         start = time.time()
         last: dict = {}
+        self._trim_log()
         bar = tqdm(total=tc.epochs, initial=self.epoch, desc="train", disable=not self.show_progress, dynamic_ncols=True)
         while self.epoch < tc.epochs:
             row = {"epoch": self.epoch + 1}
@@ -411,10 +463,18 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3g}", E=f"{row['energy_mean']:.4g}", failed=self.total_failed)
             out_of_time = tc.max_minutes > 0 and (time.time() - start) > 60 * tc.max_minutes
+            diverged = self._divergence(row)
             if self.ctx.enabled:  # all ranks must agree to stop, or the collectives deadlock
-                flag = torch.tensor([float(out_of_time)])
+                flag = torch.tensor([float(out_of_time), float(bool(diverged))])
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                out_of_time = bool(flag.item())
+                out_of_time = bool(flag[0].item())
+                diverged = diverged or ("training diverged on another process" if flag[1].item() else "")
+            if diverged:  # stop before a checkpoint of a broken model replaces the last good one
+                bar.close()
+                kept = (f"the checkpoint of epoch {self.saved_epoch} is kept" if self.saved_epoch is not None
+                        else "no checkpoint was written")
+                raise TrainingError(f"{diverged}; training stopped, {kept} (try a smaller train.lr, "
+                                    "train.grad_clip, or another energy)")
             if self.epoch % max(tc.checkpoint_every, 1) == 0 or self.epoch == tc.epochs or out_of_time:
                 self.save()
             if out_of_time:
@@ -443,4 +503,6 @@ def resume_state(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
-    return load_checkpoint(path)
+    state = load_checkpoint(path)
+    check_format(state, path)
+    return state
