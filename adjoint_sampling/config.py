@@ -167,6 +167,8 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"config key '{key}' is a Cartesian option and cannot be used with mode=torsional")
     if not cfg.model.elements:
         raise ConfigError("config key 'model.elements' must list at least one atomic number")
+    if cfg.sample.n > 0 and Path(cfg.sample.out).suffix.lower() not in (".sdf", ".xyz"):
+        raise ConfigError(f"config key 'sample.out' must name a .sdf or .xyz file, got {cfg.sample.out!r}")
     return cfg
 
 
@@ -291,22 +293,31 @@ def load_config(preset: Optional[str] = "quick", overrides: Optional[list] = Non
     if preset:
         path = resolve_preset(preset)
         try:
-            mapping = yaml.safe_load(path.read_text()) or {}
+            mapping = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read preset {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"preset {path} is not a UTF-8 text (YAML) file") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot parse preset {path}: {exc}".splitlines()[0]) from None
         if not isinstance(mapping, dict):
             raise ConfigError(f"preset {path} must be a mapping of keys to values")
         _apply_mapping(cfg, mapping)
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        set_key(cfg, key.strip(), value)
+        set_key(cfg, *parse_override(item))
     return validate(cfg)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` -> (key, value read as YAML, or the raw text when it is no valid YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
 
 
 def config_from_dict(mapping: dict) -> Config:

@@ -153,14 +153,30 @@ def point_cloud_graph(n_particles: int, name: str = "particles") -> MoleculeGrap
     )
 
 
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of a small input file; InvalidMoleculeError for a binary or unreadable one."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidMoleculeError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidMoleculeError(f"{what} {path} is not a UTF-8 text file (byte {exc.start} is "
+                                   f"0x{data[exc.start]:02x})") from None
+    if "\x00" in text:
+        raise InvalidMoleculeError(f"{what} {path} is not a text file (it holds NUL bytes)")
+    return text
+
+
 def read_molecule_list(path: str | Path, limit: int = 0) -> list[tuple[str, str]]:
     """Read (SMILES, id) pairs from a plain list (one SMILES per line, optional id after it)
     or the SPICE layout (header line, then ``count  SMILES  id``)."""
     path = Path(path)
     if not path.is_file():
-        raise InvalidMoleculeError(f"molecule list not found: {path}")
+        raise InvalidMoleculeError(f"molecule list not found: {path}" + (" (a directory)" if path.is_dir() else ""))
     entries: list[tuple[str, str]] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(read_text_file(path, "molecule list").splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -5,6 +5,7 @@ from coordinates except for the connectivity/stereo check flags written beside e
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -15,7 +16,7 @@ from rdkit import Chem
 from rdkit.Chem import rdDetermineBonds
 from rdkit.Geometry import Point3D
 
-from adjoint_sampling.checkpoint import CheckpointError, load_checkpoint
+from adjoint_sampling.checkpoint import CheckpointError, check_format, load_checkpoint, temp_beside
 from adjoint_sampling.config import Config, ConfigError, config_from_dict
 from adjoint_sampling.controllers import GradientInformedController, build_controller
 from adjoint_sampling.graphs import MoleculeGraph, check_elements, collate, graph_from_smiles, with_torsions
@@ -103,6 +104,7 @@ class Sampler:
 def load_sampler(path: str | Path, device: str = "cpu") -> Sampler:
     """Load a trained sampler from a checkpoint (weights_only; CheckpointError when unusable)."""
     state = load_checkpoint(path, map_location=device)
+    check_format(state, path)
     try:
         cfg = config_from_dict(state["config"])
         model = build_controller(cfg.model, cfg.mode)
@@ -191,16 +193,67 @@ class ConformerRecord:
     log_weight: Optional[float] = None  # self-normalised log importance weight within its molecule
 
 
-def write_conformers(records: Sequence[ConformerRecord], path: str | Path) -> dict:
-    """Write SDF (.sdf) or XYZ (.xyz) atomically; returns counts of flagged conformers."""
+class OutputPathError(ValueError):
+    """The conformer output file cannot be written (wrong extension, a directory, no permission)."""
+
+
+OUTPUT_SUFFIXES = (".sdf", ".xyz")
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Raise OutputPathError unless conformers can be written to ``path``; leaves nothing behind.
+
+    Call it before sampling: ``path`` must not be a directory and must end in .sdf or .xyz, and a file
+    must be creatable in its directory (probed with a temp file), or, when that directory does not
+    exist yet, a directory in its nearest existing parent (probed with a temp directory).
+    """
+    import tempfile
+
     path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"output {path} is a directory; give a file name ending in .sdf or .xyz")
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise OutputPathError(f"output file must end in .sdf or .xyz, got '{path}'")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"cannot write {path}: {parent} is not a directory")
+    try:  # a real probe: os.access says yes to root, and no to nothing on a read-only mount
+        if parent == path.parent:
+            fd, probe = temp_beside(path)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".probe.", dir=parent))
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: directory {parent}: {exc.strerror or exc}") from None
+    return path
+
+
+def write_conformers(records: Sequence[ConformerRecord], path: str | Path) -> dict:
+    """Write SDF (.sdf) or XYZ (.xyz) atomically; returns counts of flagged conformers.
+
+    The file is written under a unique temp name beside it (``checkpoint.temp_beside``) and renamed into
+    place, so concurrent writers to one path never mix their files: the last rename wins whole.
+    """
+    path = check_output_path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".sdf", ".xyz"):
-        raise ValueError(f"output file must end in .sdf or .xyz, got '{path.name}'")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    fd, tmp = temp_beside(path, plain_mode=True)
+    try:
+        stats = _write_records(records, os.fdopen(fd, "w"), suffix)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return stats
+
+
+def _write_records(records: Sequence[ConformerRecord], f, suffix: str) -> dict:
     bad_conn = bad_stereo = 0
-    with open(tmp, "w") as f:
+    with f:
         writer = Chem.SDWriter(f) if suffix == ".sdf" else None
         for k, r in enumerate(records):
             conn_ok = connectivity_matches(r.mol, r.coords)
@@ -226,5 +279,6 @@ def write_conformers(records: Sequence[ConformerRecord], path: str | Path) -> di
                     f.write(f"{atom.GetSymbol():<2} {p[0]:14.8f} {p[1]:14.8f} {p[2]:14.8f}\n")
         if writer is not None:
             writer.close()
-    tmp.replace(path)
+        f.flush()
+        os.fsync(f.fileno())
     return {"written": len(records), "bad_connectivity": bad_conn, "bad_stereo": bad_stereo}
