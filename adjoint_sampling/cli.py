@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from adjoint_sampling.checkpoint import CheckpointError
+from adjoint_sampling.config import ConfigError
+
 DATA_DIR = Path(__file__).resolve().parent / "data"  # bundled molecule lists (package data)
+
+
+DEFAULT_PRESET = "quick"
 
 
 class UserError(ValueError):
@@ -53,7 +59,7 @@ def load_training_molecules(cfg, energy, seeds: Optional[list] = None) -> list:
     for smiles, name in entries:
         try:
             g = graph_from_smiles(smiles, name=name, allow_fragments=cfg.data.allow_fragments, max_atoms=cfg.data.max_atoms)
-            energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name)
+            energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name, mol=g.mol)
             check_elements(g, cfg.model.elements)
             if cfg.mode == "torsional":
                 if rotatable_torsions(g.mol, tc.amides).count == 0:
@@ -78,30 +84,126 @@ def load_training_molecules(cfg, energy, seeds: Optional[list] = None) -> list:
     return graphs
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    from adjoint_sampling.trainer import CHECKPOINT_NAME
+RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.csv")  # what a run writes before its first checkpoint
 
-    if resume:
+
+def _checkpoint_id(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _check_run_dir(run_dir: Path, resumed: Optional[tuple], lock_held: bool = False) -> None:
+    """UserError unless training may write into run_dir (writes nothing).
+
+    New run: refuse a directory holding a checkpoint or a run killed before its first checkpoint
+    (config.yaml / metrics.csv without checkpoint.pt). Resume (``resumed``: the loaded checkpoint's
+    ``_checkpoint_id``): refuse if the checkpoint changed since it was read (another process wrote it).
+    Either: refuse while another process holds the run-directory lock (unless ``lock_held``: by us).
+    """
+    from adjoint_sampling.checkpoint import RunDirLock
+
+    owner = None if lock_held else RunDirLock.holder(run_dir)
+    if owner is not None:  # a live process trains here: neither a new run nor a resume may start
+        raise UserError(RunDirLock.in_use_message(run_dir, owner))
+    if resumed is not None:
+        ck = run_dir / RUN_FILES[0]
+        if not ck.is_file() or _checkpoint_id(ck) != resumed:
+            raise UserError(f"{ck} changed while it was being read (another process wrote it): run the resume again")
         return
-    if (run_dir / CHECKPOINT_NAME).exists():
-        raise UserError(f"run directory {run_dir} already holds a checkpoint: pass --resume to continue it or choose another run_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"cannot create run directory {run_dir}: a file of that name exists")
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if RUN_FILES[0] in present:
+        raise UserError(f"run directory {run_dir} already holds a checkpoint: pass --resume to continue it "
+                        "or choose another run_dir")
+    if present:
+        raise UserError(f"run directory {run_dir} holds a run stopped before its first checkpoint "
+                        f"({', '.join(present)}), which cannot be resumed: remove it or choose another run_dir")
 
 
-RESUME_OVERRIDABLE = ("train.epochs", "train.max_minutes", "train.eval_every", "train.checkpoint_every", "energy.workers")
+def _lock_run_dir(run_dir: Path, resumed: Optional[tuple]):
+    """Create (new run) and lock the run directory, then check again under the lock (another process
+    may have started in it since the first check). A live process holding the lock is refused by
+    RunDirLock; the lock of a killed one is gone with it."""
+    from adjoint_sampling.checkpoint import RunDirLock
+
+    _check_run_dir(run_dir, resumed)  # the common refusals leave even the lock file alone
+    if resumed is None:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
+    try:
+        lock = RunDirLock(run_dir)
+    except OSError as exc:
+        raise UserError(f"cannot lock run directory {run_dir}: {exc.strerror or exc}") from None
+    try:
+        _check_run_dir(run_dir, resumed, lock_held=True)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _prepare_run_dir(run_dir: Path, resumed: Optional[tuple], ctx):
+    """The run-directory lock (held by rank 0 for the whole run; None on the other ranks). Every rank
+    gets rank 0's verdict, so all of them stop with the same error."""
+    error, lock = None, None
+    if ctx.is_main:
+        try:
+            lock = _lock_run_dir(run_dir, resumed)
+        except (UserError, CheckpointError) as exc:
+            error = str(exc)
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        verdict = [error]
+        dist.broadcast_object_list(verdict, src=0)
+        error = verdict[0]
+        dist.barrier()  # every rank has validated its input before any rank writes to the run dir
+    if error:
+        if lock is not None:
+            lock.release()
+        raise UserError(error)
+    return lock
+
+
+# keys a resume may change: how long and how the run goes on, not what it trains
+RESUME_OVERRIDABLE = ("train.epochs", "train.max_minutes", "train.max_cpu_minutes", "train.eval_every",
+                      "train.checkpoint_every", "train.cpu_threads", "energy.workers",
+                      "sample.smiles", "sample.n", "sample.out", "sample.seed")
 
 
 def _resumed_config(state: dict, overrides: list):
-    """The checkpoint's config; only run-length keys may be overridden when resuming."""
-    from adjoint_sampling.config import config_from_dict, set_key
-    import yaml
+    """The checkpoint's config with the resumable overrides applied: (config, applied items).
 
-    cfg = config_from_dict(state["config"])
+    Any other key is refused (UserError naming them) unless it leaves the saved value as it is.
+    """
+    import copy
+
+    from adjoint_sampling.config import config_from_dict, parse_override, set_key, to_dict, validate
+
+    try:
+        cfg = config_from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"the checkpoint's config is unusable: {exc}") from None
+    applied, refused = [], []
     for item in overrides:
-        key, _, raw = item.partition("=")
+        key, value = parse_override(item)
         if key in RESUME_OVERRIDABLE:
-            set_key(cfg, key, yaml.safe_load(raw))
-    return cfg
+            set_key(cfg, key, value)
+            applied.append(item)
+            continue
+        probe = copy.deepcopy(cfg)
+        set_key(probe, key, value)  # unknown keys and bad values fail as they would without --resume
+        if to_dict(probe) != to_dict(cfg):
+            refused.append(key)
+        else:
+            applied.append(f"{item} (the checkpoint's value)")
+    if refused:
+        raise UserError(f"--resume keeps the checkpoint's config: cannot change {', '.join(refused)} (a resume "
+                        f"may set only {', '.join(RESUME_OVERRIDABLE)}); start a new run_dir to change the others")
+    return validate(cfg), applied
 
 
 def _set_cpu_threads(n: int) -> None:
@@ -124,48 +226,95 @@ def _split_overrides(items: list) -> tuple[list, list]:
     return [i for i in items if not pattern.match(i)], overrides
 
 
-def cmd_train(args) -> int:
-    import yaml
-
-    from adjoint_sampling.config import load_config, to_dict
-    from adjoint_sampling.trainer import Trainer, resume_state, setup_distributed, teardown_distributed
+def _make_energy(cfg):
     from energies import make_energy
+
+    try:
+        return make_energy(cfg)
+    except ValueError as exc:  # unknown name, bad options
+        raise UserError(str(exc).splitlines()[0]) from None
+
+
+def _sample_output(cfg, run_dir: Path) -> Optional[Path]:
+    """Where training writes its conformers afterwards (None: it does not), checked up front."""
+    from adjoint_sampling.sampling import check_output_path
+
+    if not (cfg.sample.smiles and cfg.sample.n > 0):
+        return None
+    out = Path(cfg.sample.out)
+    return check_output_path(out if out.is_absolute() else run_dir / out)
+
+
+def _train_config(args):
+    """(config, run dir, checkpoint state or None, resume overrides applied, loaded checkpoint's id)."""
+    from adjoint_sampling.config import load_config
+    from adjoint_sampling.trainer import CHECKPOINT_NAME, resume_state
 
     overrides = list(args.overrides)
     if args.smiles:  # `--smiles A B key=value`: argparse hands the overrides to --smiles
         args.smiles, extra = _split_overrides(args.smiles)
         overrides += extra
+    if args.resume:
+        given = [flag for flag, value in (("--smiles", args.smiles), ("--molecules", args.molecules),
+                                          ("--preset", args.preset), ("--run-dir", args.run_dir)) if value]
+        if given:
+            raise UserError(f"--resume continues the checkpoint's run (its molecules, config and directory): "
+                            f"{', '.join(given)} cannot be used with it; start a new run_dir instead")
+        run_dir = Path(args.resume)
+        ck = run_dir / CHECKPOINT_NAME
+        ident = _checkpoint_id(ck) if ck.is_file() else None
+        state = resume_state(run_dir)
+        cfg, applied = _resumed_config(state, overrides)
+        return cfg, run_dir, state, applied, ident
     if args.molecules:
         overrides.append(f"data.molecules={args.molecules}")
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
-    cfg = load_config(args.preset, overrides)
+    cfg = load_config(args.preset or DEFAULT_PRESET, overrides)
     if args.smiles:  # SMILES given on the command line replace the preset's molecule set
         cfg.data.molecules = None if not args.molecules else cfg.data.molecules
         cfg.data.smiles = list(args.smiles)
-    run_dir = Path(args.resume) if args.resume else Path(cfg.run_dir)
-    state = None
-    if args.resume:
-        state = resume_state(run_dir)
-        cfg = _resumed_config(state, overrides)
+    return cfg, Path(cfg.run_dir), None, [], None
+
+
+def _check_sample_smiles(cfg, energy) -> None:
+    """The molecule training samples at the end must be usable before training starts."""
+    from adjoint_sampling.graphs import check_elements, graph_from_smiles
+
+    if not (cfg.sample.smiles and cfg.sample.n > 0):
+        return
+    g = graph_from_smiles(cfg.sample.smiles, allow_fragments=cfg.data.allow_fragments, max_atoms=cfg.data.max_atoms)
+    check_elements(g, cfg.model.elements)
+    energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name, mol=g.mol)
+
+
+def cmd_train(args) -> int:
+    import yaml
+
+    from adjoint_sampling.config import to_dict
+    from adjoint_sampling.trainer import Trainer, setup_distributed, teardown_distributed
+
+    cfg, run_dir, state, applied, ident = _train_config(args)
+    # under torchrun only rank 0 takes the lock: the others must not mistake it for another run's
+    _check_run_dir(run_dir, ident if state is not None else None, lock_held=int(os.environ.get("RANK", "0")) != 0)
+    sample_out = _sample_output(cfg, run_dir)
     ctx = setup_distributed()
     _set_cpu_threads(cfg.train.cpu_threads)
-    energy = make_energy(cfg.energy)
-    trainer = None
+    energy = _make_energy(cfg.energy)
+    trainer = lock = None
     try:
         molecules = load_training_molecules(cfg, energy, seeds=state.get("seeds") if state else None)
-        _prepare_run_dir(run_dir, resume=bool(args.resume))
-        if ctx.enabled:  # every rank has validated the run dir before any rank writes to it
-            import torch.distributed as dist
-
-            dist.barrier()
-        if ctx.is_main and not args.resume:
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        _check_sample_smiles(cfg, energy)
         trainer = Trainer(cfg, molecules, energy, run_dir, ctx=ctx, show_progress=not args.no_progress)
         if state is not None:
-            trainer.load_state_dict(state)
+            trainer.load_state_dict(state)  # a checkpoint that does not fit is refused before any write
+        lock = _prepare_run_dir(run_dir, ident if state is not None else None, ctx)  # first write: the run dir
+        if ctx.is_main and state is None:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if state is not None:
             if ctx.is_main:
-                print(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.train.epochs}", flush=True)
+                print(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.train.epochs}"
+                      + (f" with {' '.join(applied)}" if applied else ""), flush=True)
         elif ctx.is_main:
             print(f"training on {len(molecules)} molecules with energy '{cfg.energy.name}' -> {run_dir}", flush=True)
         last = trainer.fit()
@@ -173,13 +322,15 @@ def cmd_train(args) -> int:
             summary = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items())
             print(f"epoch {trainer.epoch}: {summary}", flush=True)
             print(f"checkpoint: {run_dir / 'checkpoint.pt'}", flush=True)
-        if ctx.is_main and cfg.sample.smiles and cfg.sample.n > 0:
-            out = Path(cfg.sample.out)
-            out = out if out.is_absolute() else run_dir / out
-            _sample_to_file(run_dir / "checkpoint.pt", [(cfg.sample.smiles, cfg.sample.smiles)], cfg.sample.n, out,
-                            seed=cfg.sample.seed, nfe=None, energy=energy, device="cpu" if trainer.device.type == "cpu" else str(trainer.device))
+        if ctx.is_main and sample_out is not None:
+            _sample_to_file(run_dir / "checkpoint.pt", [(cfg.sample.smiles, cfg.sample.smiles)], cfg.sample.n,
+                            sample_out, seed=cfg.sample.seed, nfe=None, energy=energy,
+                            device="cpu" if trainer.device.type == "cpu" else str(trainer.device),
+                            progress=not args.no_progress)
     finally:
         energy.close()
+        if lock is not None:
+            lock.release()
         if ctx.enabled:
             trainer = None  # the DDP reducer must go before its process group
             teardown_distributed()
@@ -187,25 +338,57 @@ def cmd_train(args) -> int:
 
 
 # ---------------------------------------------------------------------- sample
-def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=None, device="cpu", relax=False) -> None:
+DEFAULT_MAX_ATOMS = 200  # `sample --max-atoms`: larger molecules run for many minutes on a CPU
+
+
+def _chunk_seed(seed: int, j: int) -> int:
+    """The noise seed of conformer batch j of a molecule: batch 0 uses ``seed`` itself (so n up to one
+    batch draws what ``Sampler.sample_graph(seed=seed)`` draws); later batches get seeds derived from
+    (seed, j), never another --seed's."""
+    import numpy as np
+
+    return seed if j == 0 else int(np.random.SeedSequence([seed % 2**64, j]).generate_state(1)[0])
+
+
+def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=None, device="cpu", relax=False,
+                    max_atoms: int = DEFAULT_MAX_ATOMS, batch_size: int = 64, progress: bool = True) -> None:
     from adjoint_sampling.energy_eval import energy_batch
-    from adjoint_sampling.graphs import collate
-    from adjoint_sampling.sampling import ConformerRecord, load_sampler, write_conformers
+    from adjoint_sampling.graphs import collate, mol_from_smiles
+    from adjoint_sampling.sampling import ConformerRecord, check_output_path, load_sampler, write_conformers
+    from tqdm.auto import tqdm
 
     import numpy as np
     import torch
 
+    out = check_output_path(out)
     sampler = load_sampler(checkpoint, device=device)
+    for smi, name in entries:  # the atom limit first: building a large torsional graph embeds seeds
+        atoms = mol_from_smiles(smi, allow_fragments=sampler.cfg.data.allow_fragments).GetNumAtoms()
+        if max_atoms and atoms > max_atoms:
+            raise UserError(f"molecule '{name}' has {atoms} atoms (with hydrogens), more than --max-atoms={max_atoms}")
     graphs = [sampler.graph(smi, name) for smi, name in entries]  # validate all before sampling any
+    if energy is not None:
+        for g in graphs:
+            energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name, mol=g.mol)
+    # conformers per batch: a multiple of the seed-conformer count, so copy k keeps seed k mod K across batches
+    chunks = [-(-batch_size // len(g.seeds)) * len(g.seeds) if g.seeds is not None else batch_size for g in graphs]
+    bar = tqdm(total=sum(-(-n // c) for c in chunks), desc="sample", unit="batch", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
     records = []
-    for g in graphs:
+    for g, chunk in zip(graphs, chunks):
         if sampler.cfg.mode == "torsional" and g.num_torsions == 0:
-            print(f"{g.name}: no rotatable bond, writing its {len(g.seeds)} seed conformer(s) "
-                  f"(torsion.seeds) cycled to {n}", file=sys.stderr)
-        coords, log_rn = sampler.sample_graph(g, n, seed=seed, nfe=nfe, with_log_rn=True)
+            bar.write(f"{g.name}: no rotatable bond, writing its {len(g.seeds)} seed conformer(s) "
+                      f"(torsion.seeds) cycled to {n}", file=sys.stderr)
+        bar.set_postfix(molecule=g.name[:30], atoms=g.num_atoms)
+        parts = []
+        for j, start in enumerate(range(0, n, chunk)):
+            parts.append(sampler.sample_graph(g, min(chunk, n - start), seed=_chunk_seed(seed, j), nfe=nfe,
+                                              batch_size=chunk, with_log_rn=True))
+            bar.update(1)
+        coords = np.concatenate([c for c, _ in parts])
+        log_rn = np.concatenate([lr for _, lr in parts])
         energies, log_w = [None] * n, [None] * n
         if energy is not None:
-            energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name)
             batch = collate([g] * n, sampler.cfg.model.elements)
             x = torch.as_tensor(coords.reshape(-1, 3))
             if relax:
@@ -215,13 +398,14 @@ def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=
                 coords = np.asarray(res.coords)
                 n_bad = int((~np.asarray(res.converged)).sum())
                 if n_bad:
-                    print(f"{g.name}: {n_bad}/{n} relaxations did not converge", file=sys.stderr)
+                    bar.write(f"{g.name}: {n_bad}/{n} relaxations did not converge", file=sys.stderr)
                 x = torch.as_tensor(coords.reshape(-1, 3))
             result = energy(energy_batch(batch, x))
             energies = [float(e) for e in result.energy]
             if not relax:  # relaxed conformers are no longer the sampler's paths: no weights for them
                 log_w = _report_weights(sampler, g, coords, np.asarray(energies), log_rn)
         records += [ConformerRecord(g.name, g.smiles, g.mol, coords[k], energies[k], log_w[k]) for k in range(n)]
+    bar.close()
     stats = write_conformers(records, out)
     print(f"wrote {stats['written']} conformers to {out} ({stats['bad_connectivity']} with changed connectivity, "
           f"{stats['bad_stereo']} with changed stereochemistry)", flush=True)
@@ -245,8 +429,15 @@ def _report_weights(sampler, graph, coords, energies, log_rn) -> list:
 
 def cmd_sample(args) -> int:
     from adjoint_sampling.graphs import read_molecule_list
-    from energies import EnergyConfig, make_energy
+    from adjoint_sampling.sampling import check_output_path
+    from energies import EnergyConfig
 
+    for flag, value, low in (("-n", args.n, 1), ("--nfe", args.nfe, 1), ("--batch-size", args.batch_size, 1),
+                             ("--max-atoms", args.max_atoms, 0), ("--workers", args.workers, 1)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+    if args.relax and args.energy == "none":
+        raise UserError("--relax needs an energy (--energy xtb|mmff|...)")
     entries = []
     if args.smiles:
         entries += [(s, s) for s in args.smiles]
@@ -254,17 +445,13 @@ def cmd_sample(args) -> int:
         entries += read_molecule_list(args.smiles_file)
     if not entries:
         raise UserError("give --smiles SMILES or --smiles-file FILE")
-    if args.n < 1:
-        raise UserError(f"-n must be >= 1, got {args.n}")
+    out = check_output_path(args.output)  # before minutes of sampling, not after
     _set_cpu_threads(args.threads)
-    energy = None
-    if args.energy != "none":
-        energy = make_energy(EnergyConfig(name=args.energy, workers=args.workers))
-    elif args.relax:
-        raise UserError("--relax needs an energy (--energy xtb|mmff|...)")
+    energy = None if args.energy == "none" else _make_energy(EnergyConfig(name=args.energy, workers=args.workers))
     try:
-        _sample_to_file(args.checkpoint, entries, args.n, Path(args.output), seed=args.seed, nfe=args.nfe,
-                        energy=energy, device=args.device, relax=args.relax)
+        _sample_to_file(args.checkpoint, entries, args.n, out, seed=args.seed, nfe=args.nfe, energy=energy,
+                        device=args.device, relax=args.relax, max_atoms=args.max_atoms, batch_size=args.batch_size,
+                        progress=not args.no_progress)
     finally:
         if energy is not None:
             energy.close()
@@ -278,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a sampler (YAML preset + key=value overrides)")
     t.add_argument("overrides", nargs="*", help="config overrides, e.g. train.epochs=10 energy=mmff")
-    t.add_argument("--preset", default="quick", help="preset name (quick, spice, ...) or YAML path [quick]")
+    t.add_argument("--preset", help=f"preset name (quick, spice, ...) or YAML path [{DEFAULT_PRESET}]")
     t.add_argument("--molecules", help="molecule list file (plain or SPICE layout), or bundled:NAME")
     t.add_argument("--smiles", nargs="+", help="train on these SMILES instead of a list file")
     t.add_argument("--run-dir", help="output directory (default from the preset)")
@@ -300,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--relax", action="store_true", help="relax samples with --energy before writing")
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
+    s.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS,
+                   help=f"refuse molecules with more atoms, hydrogens included (0: no limit) [{DEFAULT_MAX_ATOMS}]")
+    s.add_argument("--batch-size", type=int, default=64, help="conformers integrated at once [64]")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (on stderr)")
     s.set_defaults(func=cmd_sample)
 
     import importlib
@@ -321,14 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from adjoint_sampling.checkpoint import CheckpointError
-    from adjoint_sampling.config import ConfigError
     from adjoint_sampling.graphs import InvalidMoleculeError
+    from adjoint_sampling.sampling import OutputPathError
+    from adjoint_sampling.trainer import TrainingError
     from energies.base import UnsupportedMoleculeError
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, CheckpointError, InvalidMoleculeError, UnsupportedMoleculeError, FileNotFoundError) as exc:
+    except (UserError, ConfigError, CheckpointError, InvalidMoleculeError, UnsupportedMoleculeError, OutputPathError,
+            TrainingError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
