@@ -65,6 +65,9 @@ class LossConfig:
     reg_alpha: float = 100.0
     use_pbase: bool = True
     posterior_targets: bool = False
+    # times of the RAM regression: uniform on [0, 1], or "variance" (density ∝ g(t)², where the base
+    # injects its noise; same minimiser, see loss.sample_bridge)
+    times: str = "uniform"
 
 
 @dataclass
@@ -106,6 +109,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     max_minutes: float = 0.0  # stop (and checkpoint) after this wall time; 0 = no limit
+    # stop after this much CPU time of the training process (its in-process energy included; energy
+    # worker processes not): a budget that a shared machine does not shrink; 0 = no limit
+    max_cpu_minutes: float = 0.0
+    lr_final_frac: float = 1.0  # cosine-decay lr to this fraction of train.lr over the budget; 1 = constant
     # torch intra-op threads on CPU. 1 is the safe default: energy workers share the cores, and an
     # oversubscribed OpenMP pool made training steps far slower on the 2-core machine under load.
     cpu_threads: int = 1
@@ -143,13 +150,18 @@ def validate(cfg: Config) -> Config:
         if not ok:
             raise ConfigError(f"config key '{key}' must be {what}, got {value!r}")
 
+    if cfg.loss.times not in ("uniform", "variance"):
+        raise ConfigError(f"config key 'loss.times' must be uniform or variance, got {cfg.loss.times!r}")
+    if cfg.sde.grid not in ("uniform", "quadratic-linear", "variance"):
+        raise ConfigError(f"config key 'sde.grid' must be uniform, quadratic-linear or variance, got {cfg.sde.grid!r}")
     if cfg.mode not in ("cartesian", "torsional"):
         raise ConfigError(f"config key 'mode' must be cartesian or torsional, got {cfg.mode!r}")
+    need(0 < cfg.train.lr_final_frac <= 1, "train.lr_final_frac", cfg.train.lr_final_frac, "in (0, 1]")
     for key in ("loss.tau", "train.lr", "sde.sigma_max"):
         value = _get(cfg, key)
         need(math.isfinite(value) and value > 0, key, value, "a finite number > 0")
     for key in ("loss.max_score_norm", "loss.reg_alpha", "model.max_output_norm", "train.grad_clip",
-                "train.max_minutes", "sde.sigma_min", "sde.sigma", "model.radius"):
+                "train.max_minutes", "train.max_cpu_minutes", "sde.sigma_min", "sde.sigma", "model.radius"):
         value = _get(cfg, key)
         need(math.isfinite(value) and value >= 0, key, value, "a finite number >= 0")
     for key in ("model.layers", "model.hidden", "model.vectors", "sde.train_nfe", "sde.eval_nfe", "train.epochs",

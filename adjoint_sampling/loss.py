@@ -56,16 +56,24 @@ def adjoint_target(
 
 def sample_bridge(
     x1: torch.Tensor, graphs: GraphBatch, schedule: NoiseSchedule, generator: Optional[torch.Generator] = None,
-    t_min: float = 0.0, t_max: float = 1.0, space: Optional[StateSpace] = None,
+    t_min: float = 0.0, t_max: float = 1.0, space: Optional[StateSpace] = None, times: str = "uniform",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw t ~ U(t_min, t_max) per molecule copy and X_t ~ p^base(X_t | X_0 = 0, X_1) in the state space.
+    """Draw t per molecule copy and X_t ~ p^base(X_t | X_0 = 0, X_1) in the state space.
 
-    Returns (t per state row [R], X_t [R, d]); Cartesian rows are atoms (COM-free), torsional rows torsions.
+    times: "uniform" draws t ~ U(t_min, t_max); "variance" draws t with density ∝ g(t)² (h(t)² uniform),
+    the weight with which the control enters the drift g²·v. Either has the same minimiser
+    E[ã | X_t] at every t; "variance" spends the regression on the times where the noise (and with it
+    the control's effect) is injected. Returns (t per state row [R], X_t [R, d]); Cartesian rows are
+    atoms (COM-free), torsional rows torsions.
     """
     space = space or CartesianSpace(x1.shape[-1])
     b = graphs.num_graphs
     u = torch.rand(b, generator=generator, dtype=torch.float64, device=generator_device(generator, x1.device))
     t_mol = t_min + (t_max - t_min) * u.to(x1.device)
+    if times == "variance":
+        t_mol = schedule.t_of_h2(t_mol * schedule.h1_sq).clamp(t_min, t_max)
+    elif times != "uniform":
+        raise ValueError(f"unknown loss time sampling '{times}' (known: uniform, variance)")
     t = t_mol[space.row_batch(graphs)]
     xt = space.bridge(x1, t, graphs, schedule, generator)
     return t.to(x1.dtype), xt
@@ -73,10 +81,10 @@ def sample_bridge(
 
 def ram_loss(
     controller, x1: torch.Tensor, target: torch.Tensor, graphs: GraphBatch, schedule: NoiseSchedule,
-    generator: Optional[torch.Generator] = None, space: Optional[StateSpace] = None,
+    generator: Optional[torch.Generator] = None, space: Optional[StateSpace] = None, times: str = "uniform",
 ) -> torch.Tensor:
-    """E_{t, X_t | X_1} ‖v_θ(t, X_t) + ã(X_1)‖², averaged over state rows."""
-    t, xt = sample_bridge(x1, graphs, schedule, generator, space=space)
+    """E_{t, X_t | X_1} ‖v_θ(t, X_t) + ã(X_1)‖², averaged over state rows (t drawn as ``times`` says)."""
+    t, xt = sample_bridge(x1, graphs, schedule, generator, space=space, times=times)
     v = controller(t, xt, graphs)
     return ((v + target) ** 2).sum(-1).mean()
 

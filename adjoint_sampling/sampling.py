@@ -61,7 +61,7 @@ class Sampler:
             raise ValueError(f"number of samples must be >= 1, got {n}")
         if nfe is not None and nfe < 1:
             raise ValueError(f"number of integration steps must be >= 1, got {nfe}")
-        grid = time_grid(self.cfg.sde.grid, nfe or self.cfg.sde.eval_nfe)
+        grid = time_grid(self.cfg.sde.grid, nfe or self.cfg.sde.eval_nfe, schedule=self.schedule)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out, log_rn = [], []
         for start in range(0, n, batch_size):

@@ -31,6 +31,15 @@ class NoiseSchedule:
     def h1_sq(self) -> float:
         return float(self.h2(torch.tensor(1.0, dtype=torch.float64)))
 
+    def t_of_h2(self, level: torch.Tensor, iters: int = 60) -> torch.Tensor:
+        """Times t in [0, 1] with h(t)² = level (bisection: h² increases with t)."""
+        lo, hi = torch.zeros_like(level), torch.ones_like(level)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            below = self.h2(mid) < level
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return 0.5 * (lo + hi)
+
     def bridge_params(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean coefficient and standard deviation of X_t | X_0 = 0, X_1 (per coordinate).
 
@@ -90,14 +99,27 @@ def make_schedule(kind: str, sigma_min: float = 1e-3, sigma_max: float = 1.0, si
     raise ValueError(f"unknown noise schedule '{kind}' (known: geometric, linear)")
 
 
-def time_grid(kind: str, n_steps: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def time_grid(kind: str, n_steps: int, dtype: torch.dtype = torch.float64,
+              schedule: "NoiseSchedule | None" = None) -> torch.Tensor:
     """n_steps + 1 times from 0 to 1.
 
     uniform: equal steps. quadratic-linear: the first half of the steps linear on [0, 1/2],
     the second half refined quadratically toward t = 1 (step size shrinks linearly to ~0).
+    variance: steps of equal base variance Δh² = h(1)²/n_steps (needs ``schedule``). The geometric
+    schedule injects nearly all its variance early (on the torus with σ_max = π, 84 % by t = 0.2), so
+    a uniform grid takes a few huge steps there (the first of 50 has std 1.3 rad) inside which the
+    control is held fixed and cannot shape the distribution; equal-variance steps spread the control
+    evenly over the noise it acts on.
     """
     if n_steps < 1:
         raise ValueError(f"need at least one integration step, got {n_steps}")
+    if kind == "variance":
+        if schedule is None:
+            raise ValueError("the 'variance' time grid needs the noise schedule")
+        levels = torch.linspace(0, 1, n_steps + 1, dtype=torch.float64) * schedule.h1_sq
+        grid = schedule.t_of_h2(levels)
+        grid[0], grid[-1] = 0.0, 1.0
+        return grid.to(dtype)
     if kind == "uniform":
         return torch.linspace(0, 1, n_steps + 1, dtype=dtype)
     if kind == "quadratic-linear":
@@ -110,4 +132,4 @@ def time_grid(kind: str, n_steps: int, dtype: torch.dtype = torch.float64) -> to
         s = torch.linspace(0, 1, n_quad + 1, dtype=dtype)[1:]
         quad = 1 - (1 - t_mid) * (1 - s) ** 2
         return torch.cat([lin, quad])
-    raise ValueError(f"unknown time grid '{kind}' (known: uniform, quadratic-linear)")
+    raise ValueError(f"unknown time grid '{kind}' (known: uniform, quadratic-linear, variance)")

@@ -217,7 +217,7 @@ def _simulate(cfg: Config, system: str, n: int, controller, seed: int, chunk: in
     sysm = get_system(system)
     sc = cfg.sde
     schedule = make_schedule(sc.schedule, sc.sigma_min, sc.sigma_max, sc.sigma)
-    grid = time_grid(sc.grid, nfe or sc.eval_nfe)
+    grid = time_grid(sc.grid, nfe or sc.eval_nfe, schedule=schedule)
     device = next(controller.parameters()).device if controller is not None else torch.device("cpu")
     gen = torch.Generator(device=device).manual_seed(seed)
     graph = point_cloud_graph(sysm.n_particles, name=sysm.name)

@@ -63,9 +63,10 @@ def _train(args, out: Path):
         molecules = load_training_molecules(cfg, energy)
         run_dir.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(cfg, molecules, energy, run_dir, show_progress=args.progress)
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         trainer.fit()
-        print(f"trained {trainer.epoch} epochs in {time.time() - t0:.0f} s -> {run_dir / 'checkpoint.pt'}", flush=True)
+        print(f"trained {trainer.epoch} epochs in {time.time() - t0:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU "
+              f"-> {run_dir / 'checkpoint.pt'}", flush=True)
     finally:
         energy.close()
     return run_dir / "checkpoint.pt"

@@ -132,8 +132,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
-        self.train_grid = time_grid(cfg.sde.grid, cfg.sde.train_nfe)
-        self.eval_grid = time_grid(cfg.sde.grid, cfg.sde.eval_nfe)
+        self.train_grid = time_grid(cfg.sde.grid, cfg.sde.train_nfe, schedule=self.schedule)
+        self.eval_grid = time_grid(cfg.sde.grid, cfg.sde.eval_nfe, schedule=self.schedule)
         self.buffer = ReplayBuffer(cfg.train.buffer_size)
         # one generator per rank: ranks draw different molecules and noise, reproducibly
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1000 + self.ctx.rank)
@@ -257,6 +257,14 @@ class Trainer:
         return ram_loss_posterior(self.ddp_model, bank_x1[idx], bank_a[idx], copies_x1, copies_a,
                                   self.batch_of([0] * k), self.schedule, self.gen)
 
+    def set_lr_fraction(self, progress: float) -> None:
+        """Cosine decay from train.lr to train.lr_final_frac·lr as the run's budget (epochs, wall or CPU
+        minutes, whichever runs out first) goes from 0 to 1: the last epochs average the regression noise."""
+        f = self.cfg.train.lr_final_frac
+        lr = self.cfg.train.lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * progress)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def train_steps(self) -> float:
         """cfg.train.grad_steps RAM steps on minibatches from the buffer; returns the mean loss."""
         losses = []
@@ -271,7 +279,8 @@ class Trainer:
                 loss = self._posterior_loss(bank_x1, bank_a, permute)
             else:
                 graphs, x1, target = self.minibatch(self.cfg.train.batch_size)
-                loss = ram_loss(self.ddp_model, x1, target, graphs, self.schedule, self.gen, space=self.space)
+                loss = ram_loss(self.ddp_model, x1, target, graphs, self.schedule, self.gen, space=self.space,
+                                times=self.cfg.loss.times)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.train.grad_clip > 0:
@@ -444,6 +453,7 @@ class Trainer:
         """Run epochs from self.epoch to cfg.train.epochs; checkpoint periodically and at the end."""
         tc = self.cfg.train
         start = time.time()
+        cpu_start = time.process_time()
         last: dict = {}
         self._trim_log()
         bar = tqdm(total=tc.epochs, initial=self.epoch, desc="train", disable=not self.show_progress, dynamic_ncols=True)
@@ -452,6 +462,11 @@ class Trainer:
             row.update(self.collect())
             row["buffer"] = len(self.buffer)
             t0 = time.time()
+            if tc.lr_final_frac < 1:
+                done = max(self.epoch / tc.epochs,
+                           (time.time() - start) / (60 * tc.max_minutes) if tc.max_minutes > 0 else 0.0,
+                           (time.process_time() - cpu_start) / (60 * tc.max_cpu_minutes) if tc.max_cpu_minutes > 0 else 0.0)
+                self.set_lr_fraction(min(done, 1.0))
             row["loss"] = self.train_steps() if len(self.buffer) else float("nan")
             row["train_s"] = round(time.time() - t0, 2)
             self.epoch += 1
@@ -462,7 +477,8 @@ class Trainer:
             last = row
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3g}", E=f"{row['energy_mean']:.4g}", failed=self.total_failed)
-            out_of_time = tc.max_minutes > 0 and (time.time() - start) > 60 * tc.max_minutes
+            out_of_time = (tc.max_minutes > 0 and (time.time() - start) > 60 * tc.max_minutes) or (
+                tc.max_cpu_minutes > 0 and (time.process_time() - cpu_start) > 60 * tc.max_cpu_minutes)
             diverged = self._divergence(row)
             if self.ctx.enabled:  # all ranks must agree to stop, or the collectives deadlock
                 flag = torch.tensor([float(out_of_time), float(bool(diverged))])
@@ -478,7 +494,8 @@ class Trainer:
             if self.epoch % max(tc.checkpoint_every, 1) == 0 or self.epoch == tc.epochs or out_of_time:
                 self.save()
             if out_of_time:
-                self.log(f"stopping after {self.epoch} epochs: train.max_minutes={tc.max_minutes} reached")
+                self.log(f"stopping after {self.epoch} epochs: the time budget (train.max_minutes={tc.max_minutes}, "
+                         f"train.max_cpu_minutes={tc.max_cpu_minutes}) is spent")
                 break
         bar.close()
         if self.total_failed:

@@ -29,7 +29,7 @@ def evaluate(trainer: Trainer, n: int, seed: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smiles", default="CCO")
-    p.add_argument("--preset", default="quick")
+    p.add_argument("--preset", default="quick-cartesian")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--eval-samples", type=int, default=64)
     p.add_argument("overrides", nargs="*", help="extra config overrides (key=value)")
