@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from adjoint_sampling.synthetic import SyntheticSystem, energies_of, get_system, to_particles
+from adjoint_sampling.synthetic_systems import SyntheticSystem, energies_of, get_system, to_particles
 
 METRICS = ("energy_w2", "distance_w2", "coordinate_w2")
 

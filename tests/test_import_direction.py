@@ -1,0 +1,18 @@
+"""Imports run one way: inference (sampling, benchmark) never loads training code."""
+import subprocess
+import sys
+
+import pytest
+
+INFERENCE = ["adjoint_sampling.sampling", "benchmark.methods", "benchmark.runner", "benchmark.synthetic",
+             "benchmark.torsional", "adjoint_sampling.spaces", "adjoint_sampling.sde", "adjoint_sampling.loss"]
+
+
+@pytest.mark.parametrize("module", INFERENCE)
+def test_module_does_not_load_the_trainer(module):
+    code = (f"import sys, importlib; importlib.import_module({module!r}); "
+            "bad = [m for m in ('adjoint_sampling.trainer', 'adjoint_sampling.synthetic') if m in sys.modules]; "
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.strip() == "", f"{module} loads {out.stdout.strip()}"
