@@ -169,30 +169,48 @@ def read_text_file(path: Path, what: str) -> str:
     return text
 
 
-def read_molecule_list(path: str | Path, limit: int = 0) -> list[tuple[str, str]]:
+def read_molecule_list(path: str | Path, limit: int = 0, *, with_counts: bool = False,
+                       problems: Optional[list] = None) -> list[tuple]:
     """Read (SMILES, id) pairs from a plain list (one SMILES per line, optional id after it)
-    or the SPICE layout (header line, then ``count  SMILES  id``)."""
+    or the SPICE layout (header line, then ``count  SMILES  id``).
+
+    Blank lines and ``#`` comments are skipped; line 1 is a header when a column is named SMILES or
+    Rotatable_Bonds. A ``count SMILES id`` line (count a non-negative integer) is read as such anywhere.
+    with_counts: (SMILES, id, count) triples instead, count the rotatable-bond column of a
+    ``count SMILES id`` line, None on a plain line.
+    problems: read strictly, reporting to this list: in a SPICE-layout file (a header, or a first
+    line ``count SMILES id``) a line of another shape is reported and skipped. Without it such a
+    line is read as a plain line.
+    Raises InvalidMoleculeError for a missing, unreadable or binary file, or one with no SMILES.
+    """
     path = Path(path)
     if not path.is_file():
         raise InvalidMoleculeError(f"molecule list not found: {path}" + (" (a directory)" if path.is_dir() else ""))
-    entries: list[tuple[str, str]] = []
+    entries: list[tuple[str, str, Optional[int]]] = []
+    spice = None  # layout, decided by the header or the first molecule line
     for lineno, line in enumerate(read_text_file(path, "molecule list").splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         cols = line.split()
         if lineno == 1 and any(c.lower() in ("smiles", "rotatable_bonds") for c in cols):
+            spice = True
             continue  # header of the SPICE layout
-        if len(cols) >= 3 and cols[0].isdigit():
-            smiles, name = cols[1], cols[2]
+        counted = len(cols) >= 3 and cols[0].isdigit()
+        if spice is None:
+            spice = counted
+        if counted:
+            entries.append((cols[1], cols[2], int(cols[0])))
+        elif spice and problems is not None:
+            problems.append(f"{path}:{lineno}: expected 'count SMILES id' (count an integer), got {line!r}; skipped")
+            continue
         else:
-            smiles, name = cols[0], (cols[1] if len(cols) > 1 else cols[0])
-        entries.append((smiles, name))
+            entries.append((cols[0], cols[1] if len(cols) > 1 else cols[0], None))
         if limit and len(entries) >= limit:
             break
     if not entries:
         raise InvalidMoleculeError(f"molecule list {path} holds no SMILES")
-    return entries
+    return entries if with_counts else [(smiles, name) for smiles, name, _ in entries]
 
 
 @dataclass

@@ -13,10 +13,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from rdkit import Chem
-from rdkit.Chem import rdDetermineBonds
-from rdkit.Geometry import Point3D
 
 from adjoint_sampling.checkpoint import CheckpointError, check_format, load_checkpoint, temp_beside
+from adjoint_sampling.chemistry import connectivity_matches, conformer_mol, stereo_matches  # noqa: F401 (re-exported)
 from adjoint_sampling.config import Config, ConfigError, config_from_dict
 from adjoint_sampling.controllers import GradientInformedController, build_controller
 from adjoint_sampling.graphs import MoleculeGraph, check_elements, collate, graph_from_smiles, with_torsions
@@ -136,51 +135,8 @@ def _checkpoint_field(cfg: Config, path) -> AdjointField:
 
 
 # ---------------------------------------------------------------------- checks and writers
-def connectivity_matches(mol: Chem.Mol, coords: np.ndarray) -> bool:
-    """True if bonds perceived from the coordinates equal the SMILES bonds (same atom order)."""
-    probe = Chem.RWMol(conformer_mol(mol, coords))
-    for b in list(probe.GetBonds()):
-        probe.RemoveBond(b.GetBeginAtomIdx(), b.GetEndAtomIdx())
-    try:
-        rdDetermineBonds.DetermineConnectivity(probe, charge=Chem.GetFormalCharge(mol))
-    except Exception:
-        return False
-    got = {tuple(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))) for b in probe.GetBonds()}
-    want = {tuple(sorted((b.GetBeginAtomIdx(), b.GetEndAtomIdx()))) for b in mol.GetBonds()}
-    return got == want
-
-
-def _stereo_labels(mol: Chem.Mol) -> dict:
-    """CIP labels (R/S of atoms, E/Z of double bonds) of the stereo elements RDKit has assigned."""
-    from rdkit.Chem import rdCIPLabeler
-
-    mol = Chem.Mol(mol)
-    rdCIPLabeler.AssignCIPLabels(mol)
-    labels = {("atom", a.GetIdx()): a.GetProp("_CIPCode") for a in mol.GetAtoms() if a.HasProp("_CIPCode")}
-    labels.update({("bond", b.GetIdx()): b.GetProp("_CIPCode") for b in mol.GetBonds() if b.HasProp("_CIPCode")})
-    return labels
-
-
-def stereo_matches(mol: Chem.Mol, coords: np.ndarray) -> bool:
-    """True if every stereocentre / double bond specified in the SMILES has the same label in 3D."""
-    want = _stereo_labels(mol)
-    if not want:
-        return True
-    probe = conformer_mol(mol, coords)
-    Chem.AssignStereochemistryFrom3D(probe)
-    got = _stereo_labels(probe)
-    return all(got.get(k) == v for k, v in want.items())
-
-
-def conformer_mol(mol: Chem.Mol, coords: np.ndarray) -> Chem.Mol:
-    """A copy of ``mol`` (SMILES bonds) with ``coords`` (Å) as its only conformer."""
-    out = Chem.Mol(mol)
-    out.RemoveAllConformers()
-    conf = Chem.Conformer(mol.GetNumAtoms())
-    for i, p in enumerate(coords):
-        conf.SetAtomPosition(i, Point3D(*map(float, p)))
-    out.AddConformer(conf, assignId=True)
-    return out
+# connectivity_matches, stereo_matches and conformer_mol live in adjoint_sampling.chemistry (shared
+# with the benchmark, so the SDF/XYZ flags and the benchmark's counts are one measurement).
 
 
 @dataclass

@@ -4,8 +4,10 @@ SMILES atom order convention of the project: ``Chem.AddHs(Chem.MolFromSmiles(smi
 atoms first, in SMILES order, then hydrogens). Connectivity is perceived from coordinates with
 RDKit's rdDetermineBonds.DetermineConnectivity; a conformer in any atom order is mapped onto the
 SMILES graph by an element-aware graph isomorphism (substructure match of bond-order-free
-skeletons, equal atom and bond counts). Stereo is checked on the stereo elements the SMILES
-specifies, via AssignStereochemistryFrom3D and CIP labels.
+skeletons, equal atom and bond counts). Connectivity and stereo checks are those of
+adjoint_sampling.chemistry (the same functions as the sampler's SDF/XYZ flags): stereo is checked
+on the stereo elements the SMILES specifies, via AssignStereochemistryFrom3D and the new CIP
+labeler (rdCIPLabeler).
 """
 from __future__ import annotations
 
@@ -14,17 +16,12 @@ from typing import Optional
 
 import numpy as np
 from rdkit import Chem
-from rdkit.Chem import rdDetermineBonds
-from rdkit.Geometry import Point3D
+
+from adjoint_sampling.chemistry import bond_set, connectivity_matches, perceive_bonds, reference_stereo, stereo_matches
 
 
 class InvalidSmilesError(ValueError):
     """RDKit cannot parse the SMILES."""
-
-
-def _bond_set(mol: Chem.Mol) -> frozenset:
-    return frozenset((min(b.GetBeginAtomIdx(), b.GetEndAtomIdx()), max(b.GetBeginAtomIdx(), b.GetEndAtomIdx()))
-                     for b in mol.GetBonds())
 
 
 def _skeleton(numbers, bonds) -> Chem.Mol:
@@ -41,42 +38,6 @@ def _skeleton(numbers, bonds) -> Chem.Mol:
     return mol
 
 
-def _with_coords(mol: Chem.Mol, coords: np.ndarray) -> Chem.Mol:
-    out = Chem.Mol(mol)
-    out.RemoveAllConformers()
-    conf = Chem.Conformer(mol.GetNumAtoms())
-    for i, p in enumerate(coords):
-        conf.SetAtomPosition(i, Point3D(float(p[0]), float(p[1]), float(p[2])))
-    conf.Set3D(True)
-    out.AddConformer(conf, assignId=True)
-    return out
-
-
-def perceive_bonds(numbers: np.ndarray, coords: np.ndarray, charge: int = 0) -> Optional[frozenset]:
-    """Bonds (i < j) perceived from coordinates (Å); None if perception fails."""
-    rw = Chem.RWMol()
-    for z in numbers:
-        rw.AddAtom(Chem.Atom(int(z)))
-    mol = _with_coords(rw.GetMol(), coords)
-    try:
-        rdDetermineBonds.DetermineConnectivity(mol, useHueckel=False, charge=int(charge))
-    except (ValueError, RuntimeError):
-        return None
-    return _bond_set(mol)
-
-
-def _stereo_labels(mol: Chem.Mol, atoms: list[int], bonds: list[int]) -> dict:
-    labels = {}
-    for a in atoms:
-        at = mol.GetAtomWithIdx(a)
-        labels[("atom", a)] = at.GetProp("_CIPCode") if at.HasProp("_CIPCode") else "?"
-    for b in bonds:
-        st = mol.GetBondWithIdx(b).GetStereo()
-        labels[("bond", b)] = {Chem.BondStereo.STEREOE: "E", Chem.BondStereo.STEREOTRANS: "E",
-                               Chem.BondStereo.STEREOZ: "Z", Chem.BondStereo.STEREOCIS: "Z"}.get(st, "?")
-    return labels
-
-
 @dataclass
 class MoleculeTemplate:
     """Everything about one SMILES needed to map and check its conformers."""
@@ -88,9 +49,7 @@ class MoleculeTemplate:
     bonds: frozenset
     skeleton: Chem.Mol
     heavy: np.ndarray  # indices of heavy atoms (0..n_heavy-1)
-    stereo_atoms: list
-    stereo_bonds: list
-    stereo_want: dict
+    stereo_want: dict  # chemistry.reference_stereo(mol): CIP labels of the SMILES-specified stereo elements
 
     @staticmethod
     def from_smiles(smiles: str) -> "MoleculeTemplate":
@@ -99,15 +58,9 @@ class MoleculeTemplate:
             raise InvalidSmilesError(f"RDKit cannot parse SMILES {smiles!r}")
         mol = Chem.AddHs(base)
         numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64)
-        bonds = _bond_set(mol)
-        Chem.AssignStereochemistry(mol, cleanIt=True, force=True)
-        stereo_atoms = [a.GetIdx() for a in mol.GetAtoms()
-                        if a.GetChiralTag() in (Chem.ChiralType.CHI_TETRAHEDRAL_CW, Chem.ChiralType.CHI_TETRAHEDRAL_CCW)]
-        stereo_bonds = [b.GetIdx() for b in mol.GetBonds() if b.GetStereo() not in
-                        (Chem.BondStereo.STEREONONE, Chem.BondStereo.STEREOANY)]
+        bonds = bond_set(mol)
         return MoleculeTemplate(smiles, mol, numbers, Chem.GetFormalCharge(mol), bonds, _skeleton(numbers, bonds),
-                                np.flatnonzero(numbers > 1), stereo_atoms, stereo_bonds,
-                                _stereo_labels(mol, stereo_atoms, stereo_bonds))
+                                np.flatnonzero(numbers > 1), reference_stereo(mol))
 
     @property
     def num_atoms(self) -> int:
@@ -136,17 +89,11 @@ class MoleculeTemplate:
 
     def connectivity_ok(self, coords: np.ndarray) -> bool:
         """Coordinates already in SMILES order: do the perceived bonds equal the SMILES bonds?"""
-        if not np.isfinite(coords).all():
-            return False
-        return perceive_bonds(self.numbers, coords, self.charge) == self.bonds
+        return connectivity_matches(self.mol, coords)
 
     def stereo_ok(self, coords: np.ndarray) -> bool:
         """Do the stereocentres / double bonds specified by the SMILES keep their CIP labels in 3D?"""
-        if not self.stereo_want:
-            return True
-        probe = _with_coords(self.mol, coords)
-        Chem.AssignStereochemistryFrom3D(probe)
-        return _stereo_labels(probe, self.stereo_atoms, self.stereo_bonds) == self.stereo_want
+        return stereo_matches(self.mol, coords, self.stereo_want)
 
 
 def check_conformers(template: MoleculeTemplate, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,11 @@
 """Read reference conformer sets: a SMILES list plus ``<dir>/<id>/crest_conformers.xyz``.
 
 List file: one molecule per line, columns ``count SMILES id`` (whitespace or tab separated),
-an optional header line. XYZ file: concatenated blocks (atom count, comment, atom lines in Å).
-The comment may hold an energy or anything else. Problems are reported, never fatal: a bad block
-is skipped with a message, a molecule without usable conformers is skipped with a message.
+an optional header line, or a plain list (``SMILES [id]``); it is read by
+adjoint_sampling.graphs.read_molecule_list, the reader of the training and sampling CLI.
+XYZ file: concatenated blocks (atom count, comment, atom lines in Å). The comment may hold an
+energy or anything else. Problems are reported, never fatal: a bad block is skipped with a
+message, a molecule without usable conformers is skipped with a message.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 from rdkit import Chem
+
+from adjoint_sampling.graphs import InvalidMoleculeError, read_molecule_list
 
 XYZ_NAME = "crest_conformers.xyz"
 _PT = Chem.GetPeriodicTable()
@@ -46,25 +50,17 @@ class XYZReadResult:
 
 
 def read_smiles_list(path: str | Path) -> tuple[list[MoleculeEntry], list[str]]:
-    """Parse a ``count SMILES id`` list; returns entries and messages about skipped lines."""
-    entries, problems = [], []
-    lines = Path(path).read_text().splitlines()
-    for lineno, line in enumerate(lines, start=1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
-        if len(parts) < 3:
-            problems.append(f"{path}:{lineno}: expected 'count SMILES id', got {line.strip()!r}; skipped")
-            continue
-        try:
-            count = int(parts[0])
-        except ValueError:
-            if lineno == 1:
-                continue  # header
-            problems.append(f"{path}:{lineno}: rotatable-bond count {parts[0]!r} is not an integer; skipped")
-            continue
-        entries.append(MoleculeEntry(mol_id=parts[2], smiles=parts[1], rotatable_bonds=count))
-    return entries, problems
+    """Entries of a SMILES list and messages about what was skipped (read_molecule_list, strict).
+
+    In the ``count SMILES id`` layout a line of another shape is reported and skipped; a list that
+    cannot be read or holds no SMILES gives no entries and one message.
+    """
+    problems: list[str] = []
+    try:
+        rows = read_molecule_list(path, with_counts=True, problems=problems)
+    except InvalidMoleculeError as exc:
+        return [], problems + [str(exc)]
+    return [MoleculeEntry(mol_id=name, smiles=smiles, rotatable_bonds=count) for smiles, name, count in rows], problems
 
 
 def _atomic_number(symbol: str) -> int:

@@ -23,6 +23,27 @@ def test_list_file_with_header_and_bad_line(tmp_path):
     assert len(problems) == 1 and ":3:" in problems[0]
 
 
+def test_list_file_is_read_by_the_training_reader(tmp_path):
+    """read_smiles_list is graphs.read_molecule_list (strict): plain lists too, counts None there."""
+    from adjoint_sampling.graphs import read_molecule_list
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("# a comment\nCCO ethanol\nCCN\n")
+    entries, problems = read_smiles_list(plain)
+    assert [(e.mol_id, e.smiles, e.rotatable_bonds) for e in entries] == [("ethanol", "CCO", None), ("CCN", "CCN", None)]
+    assert problems == []
+    spice = tmp_path / "spice.txt"
+    spice.write_text("3 CCO m1\nbroken line\nx CCN m2\n")  # no header: the first line sets the layout
+    entries, problems = read_smiles_list(spice)
+    assert [e.mol_id for e in entries] == ["m1"]
+    assert len(problems) == 2 and problems[0].startswith(f"{spice}:2:") and problems[1].startswith(f"{spice}:3:")
+    assert read_molecule_list(spice) == [("CCO", "m1"), ("broken", "line"), ("x", "CCN")]  # lenient without problems
+    header_only = tmp_path / "x.txt"
+    header_only.write_text("n SMILES id\n")
+    entries, problems = read_smiles_list(header_only)
+    assert entries == [] and len(problems) == 1 and "holds no SMILES" in problems[0]
+
+
 def test_malformed_xyz_blocks_are_reported_and_skipped():
     good = _block(["O", "H", "H"], [(0, 0, 0), (0.96, 0, 0), (-0.24, 0.93, 0)], "-76.4")
     wrong_count = "3\nnot an energy\nO 0 0 0\nH 0.96 0 0\n" + "2\nc\nH 0 0 0\nH 0.7 0 0"  # 3 claimed, 2 given, then a block

@@ -1,9 +1,11 @@
-"""Connectivity and stereo flags written beside every sampled conformer."""
+"""Connectivity and stereo flags written beside every sampled conformer, and their agreement with the benchmark."""
 import numpy as np
+from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from adjoint_sampling.graphs import mol_from_smiles
-from adjoint_sampling.sampling import connectivity_matches, stereo_matches
+from adjoint_sampling.sampling import ConformerRecord, connectivity_matches, stereo_matches, write_conformers
+from benchmark.mapping import MoleculeTemplate, check_conformers
 
 
 def _embedded(smiles):
@@ -38,3 +40,38 @@ def test_broken_bond_is_flagged():
     assert not connectivity_matches(mol, far)
     squashed = 0.3 * x  # everything bonded to everything
     assert not connectivity_matches(mol, squashed)
+
+
+def test_sdf_flag_and_benchmark_stereo_ok_are_one_measurement(tmp_path):
+    """The stereo_ok flag the sampler writes and the benchmark template's stereo_ok agree conformer by conformer.
+
+    The molecule has a stereocentre (C2), a stereo double bond (E) and a cis-1,4-disubstituted ring whose
+    carbons are pseudo-asymmetric (r/s). The wrong-ring conformer is the one a legacy-CIP check
+    (AssignStereochemistry's _CIPCode, which gives those carbons no label) passes: if either side
+    used that method the flags would part there.
+    """
+    smiles = "C[C@@H](O)/C=C/[C@H]1CC[C@@H](C)CC1"
+    same_atom_order = {  # only the stereo marks differ, so every variant has the atom order of `smiles`
+        "right": smiles,
+        "z_bond": "C[C@@H](O)/C=C\\[C@H]1CC[C@@H](C)CC1",
+        "trans_ring": "C[C@@H](O)/C=C/[C@H]1CC[C@H](C)CC1",
+    }
+    coords = {name: _embedded(s)[1] for name, s in same_atom_order.items()}
+    coords["mirror"] = coords["right"] * np.array([-1.0, 1.0, 1.0])  # flips C2 only
+    expected = {"right": True, "z_bond": False, "trans_ring": False, "mirror": False}
+    names = list(expected)
+
+    mol = mol_from_smiles(smiles)
+    path = tmp_path / "c.sdf"
+    write_conformers([ConformerRecord(n, smiles, mol, coords[n]) for n in names], path)
+    written = Chem.SDMolSupplier(str(path), removeHs=False)
+    sdf_flag = {n: m.GetProp("stereo_ok") == "1" for n, m in zip(names, written)}
+    assert all(m.GetProp("connectivity_ok") == "1" for m in Chem.SDMolSupplier(str(path), removeHs=False))
+
+    tpl = MoleculeTemplate.from_smiles(smiles)
+    bench = {n: bool(tpl.stereo_ok(coords[n])) for n in names}
+    conn, counted = check_conformers(tpl, np.stack([coords[n] for n in names]))
+    assert conn.all()
+    assert sdf_flag == bench, "the SDF flag and the benchmark's stereo_ok measure different things"
+    assert dict(zip(names, counted.tolist())) == bench
+    assert bench == expected
