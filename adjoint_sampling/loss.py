@@ -1,4 +1,4 @@
-"""Adjoint target, Reciprocal Adjoint Matching loss, bridge matching and the SOC objective estimate.
+"""Adjoint target, Reciprocal Adjoint Matching loss and the SOC objective estimate.
 
 Lean adjoint of a drift-free base: ã(X_1) = ∇E(X_1)/τ + ∇log p_1^base(X_1) (+ clipped ∇E_reg),
 constant in t; Cartesian: ∇log p_1^base = −X_1/h(1)², torsional: the wrapped normal's score.
@@ -87,26 +87,6 @@ def ram_loss(
     t, xt = sample_bridge(x1, graphs, schedule, generator, space=space, times=times)
     v = controller(t, xt, graphs)
     return ((v + target) ** 2).sum(-1).mean()
-
-
-def bridge_matching_loss(
-    controller, x1: torch.Tensor, graphs: GraphBatch, schedule: NoiseSchedule,
-    generator: Optional[torch.Generator] = None, space: Optional[StateSpace] = None, t_max: float = 0.999,
-) -> torch.Tensor:
-    """Warm start toward data X_1 (no energies): E ‖α(t)²·v_θ(t, X_t) − (X_1 − X_t)‖² / h(1)⁴.
-
-    The base bridge's drift toward X_1 is (X_1 − X_t)/α(t)² (in v units); regressing α(t)²·v keeps the
-    loss finite as α → 0 at t = 1. Torsions use the lifted image X_1 = θ_1 + 2πk the bridge drew, i.e.
-    the wrapped difference X_1 − X_t. Divided by h(1)⁴ so the scale does not depend on σ_max.
-    """
-    space = space or CartesianSpace(x1.shape[-1])
-    t, xt = sample_bridge(x1, graphs, schedule, generator, t_max=t_max, space=space)
-    a2 = schedule.alpha2(t.double()).to(x1.dtype).unsqueeze(-1)
-    diff = x1 - xt
-    if space.name == "torsional":
-        diff = torch.remainder(diff + math.pi, 2 * math.pi) - math.pi
-    v = controller(t, xt, graphs)
-    return ((a2 * v - diff) ** 2).sum(-1).mean() / schedule.h1_sq ** 2
 
 
 def posterior_target(

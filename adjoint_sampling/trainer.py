@@ -28,7 +28,7 @@ from adjoint_sampling.energy_eval import energy_batch, evaluate_states  # noqa: 
 from adjoint_sampling.graphs import GraphBatch, MoleculeGraph, collate
 from adjoint_sampling.importance import effective_sample_size, path_log_weights
 from adjoint_sampling.loss import (
-    adjoint_target, bridge_matching_loss, make_adjoint_field, ram_loss, ram_loss_posterior, soc_objective,
+    adjoint_target, make_adjoint_field, ram_loss, ram_loss_posterior, soc_objective,
     symmetry_copies,
 )
 from adjoint_sampling.regularizer import regularizer_energy, regularizer_grad
