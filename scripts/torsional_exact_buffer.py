@@ -36,6 +36,9 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default="runs/exact-buffer")
+    p.add_argument("--then-cpu-minutes", type=float, default=0.0,
+                   help="afterwards, continue with the full Adjoint Sampling loop (resimulating into the buffer) "
+                        "for this many CPU minutes and report again: does the loop stay at the truth or drift?")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -59,15 +62,23 @@ def main(argv=None) -> None:
     for _ in range(max(1, args.steps // max(cfg.train.grad_steps, 1))):
         loss = trainer.train_steps()
     print(f"{args.steps} RAM steps on exact samples in {time.time() - t0:.0f} s, last loss {loss:.3g}")
+    report(cfg, trainer, mols, args, centres, probs, "after exact-buffer training")
+    if args.then_cpu_minutes > 0:
+        cfg.train.max_cpu_minutes, cfg.train.epochs = args.then_cpu_minutes, 100000
+        trainer.fit()
+        report(cfg, trainer, mols, args, centres, probs, f"after {trainer.epoch} more epochs of the full loop")
+    energy.close()
+
+
+def report(cfg, trainer, mols, args, centres, probs, label: str) -> None:
     sampler = Sampler(cfg, trainer.model, torch.device("cpu"))
     sampler.seeds[args.smiles] = mols[0].seeds
     graph = sampler.graph(args.smiles)
     coords = sampler.sample_graph(graph, args.n, seed=1)
     angles = np.array([measure(torch.as_tensor(c), graph.torsions.atoms).numpy()[0] for c in coords])
     pops = np.round(100 * basin_populations(angles), 1)
-    print(f"sampler after exact-buffer training: anti/gauche+/gauche- {pops.tolist()} %, "
-          f"W1 {circular_w1(angles, centres, probs):.3f} rad")
-    energy.close()
+    print(f"sampler {label}: anti/gauche+/gauche- {pops.tolist()} %, W1 {circular_w1(angles, centres, probs):.3f} rad",
+          flush=True)
 
 
 if __name__ == "__main__":
