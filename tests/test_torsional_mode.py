@@ -120,3 +120,21 @@ def test_torsional_bad_input(tmp_path, capsys):
     assert "torsion.seeds" in error(*base, "torsion.seeds=0")
     assert "model.energy_gradient" in error(*base, "model.energy_gradient=true")
     assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_two_cpu_processes_torsional(tmp_path):
+    """DDP with 2 gloo ranks in torsional mode: both ranks simulate torsions into their own buffers."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "adjoint_sampling.cli", "train", "--preset", "tiny-torsional", "--no-progress", f"run_dir={run}",
+           "train.epochs=2", "sample.n=0", *FAST]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ck["mode"] == "torsional" and len(ck["buffers"]) == 2
+    assert all(b["x1"].shape[1] == 1 and len(b["keys"]) > 0 for b in ck["buffers"])
+    assert not torch.equal(ck["buffers"][0]["x1"], ck["buffers"][1]["x1"])
