@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ def main(argv=None) -> None:
     mols = load_training_molecules(cfg, energy)
     if mols[0].num_torsions != 1:
         raise SystemExit("this diagnostic handles one-torsion molecules")
+    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, mols, energy, args.run_dir, show_progress=False)
     grid = np.load(args.grid)
     centres, probs = grid["grid_centres"], grid["grid_probs"].reshape(-1)
