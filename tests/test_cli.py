@@ -430,8 +430,9 @@ def test_kill_9_during_training_then_resume_logs_each_epoch_once(tmp_path, capsy
     import time
 
     run = tmp_path / "run"
+    every = 20  # the kill lands well inside a checkpoint interval, whatever the machine's speed
     cmd = [sys.executable, "-m", "adjoint_sampling.cli", "train", "--preset", "tiny", "--no-progress", f"run_dir={run}",
-           "train.epochs=500", "train.checkpoint_every=4", "train.eval_every=0", "sample.n=0",
+           "train.epochs=5000", f"train.checkpoint_every={every}", "train.eval_every=0", "sample.n=0",
            "sde.train_nfe=5", "sde.eval_nfe=5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -442,8 +443,13 @@ def test_kill_9_during_training_then_resume_logs_each_epoch_once(tmp_path, capsy
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read()[-2000:]
-        for second in (cmd[3:], ["train", "--resume", run, "--no-progress", "train.epochs=600"]):
+        for second in (cmd[3:], ["train", "--resume", run, "--no-progress", "train.epochs=6000"]):
             assert _error(capsys, *second).startswith(f"error: run directory {run} is in use by pid {proc.pid} ")
+        while time.time() < deadline and proc.poll() is None:  # kill between checkpoints, never right at one
+            logged = _logged_epochs(run)
+            if logged and 3 <= max(logged) % every <= every // 2:
+                break
+            time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -452,7 +458,7 @@ def test_kill_9_during_training_then_resume_logs_each_epoch_once(tmp_path, capsy
             proc.wait(30)
     ck_epoch = torch.load(run / "checkpoint.pt", weights_only=True)["epoch"]
     logged = _logged_epochs(run)
-    assert ck_epoch % 4 == 0 and max(logged) > ck_epoch  # rows after the checkpoint: the resume must drop them
+    assert ck_epoch % every == 0 and max(logged) > ck_epoch  # rows after the checkpoint: the resume must drop them
     final = ck_epoch + 3
     resumed = subprocess.run([sys.executable, "-m", "adjoint_sampling.cli", "train", "--resume", str(run),
                               "--no-progress", f"train.epochs={final}"], capture_output=True, text=True, env=env,
