@@ -10,6 +10,7 @@ for STALE_TEMP_S seconds.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import re
 import socket
 import tempfile
@@ -93,15 +94,15 @@ def temp_beside(path: str | Path, plain_mode: bool = False) -> tuple[int, str]:
     return fd, tmp
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write ``state`` to ``path`` so that a crash never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(path.parent)
-    fd, tmp = temp_beside(path)
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", plain_mode: bool = True, newline=None):
+    """Open a unique temp file beside ``path`` (``temp_beside``) for writing; on a clean exit it is
+    flushed, fsynced and renamed onto ``path``, on any error removed. Readers see the old file or the
+    whole new one, and concurrent writers never mix: the last rename wins whole."""
+    fd, tmp = temp_beside(path, plain_mode=plain_mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+        with os.fdopen(fd, mode, newline=newline) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -109,6 +110,15 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write ``state`` to ``path`` so that a crash never leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path.parent)
+    with atomic_open(path, "wb", plain_mode=False) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from rdkit import Chem
 
-from adjoint_sampling.checkpoint import CheckpointError, check_format, load_checkpoint, temp_beside
+from adjoint_sampling.checkpoint import CheckpointError, atomic_open, check_format, load_checkpoint, temp_beside
 from adjoint_sampling.chemistry import connectivity_matches, conformer_mol, stereo_matches  # noqa: F401 (re-exported)
 from adjoint_sampling.config import Config, ConfigError, config_from_dict
 from adjoint_sampling.controllers import GradientInformedController, build_controller
@@ -190,51 +190,41 @@ def check_output_path(path: str | Path) -> Path:
 def write_conformers(records: Sequence[ConformerRecord], path: str | Path) -> dict:
     """Write SDF (.sdf) or XYZ (.xyz) atomically; returns counts of flagged conformers.
 
-    The file is written under a unique temp name beside it (``checkpoint.temp_beside``) and renamed into
-    place, so concurrent writers to one path never mix their files: the last rename wins whole.
+    The file is written under a unique temp name beside it and renamed into place
+    (``checkpoint.atomic_open``), so concurrent writers to one path never mix their files.
     """
     path = check_output_path(path)
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path, plain_mode=True)
-    try:
-        stats = _write_records(records, os.fdopen(fd, "w"), suffix)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return stats
+    with atomic_open(path, "w") as f:
+        return _write_records(records, f, suffix)
 
 
 def _write_records(records: Sequence[ConformerRecord], f, suffix: str) -> dict:
     bad_conn = bad_stereo = 0
-    with f:
-        writer = Chem.SDWriter(f) if suffix == ".sdf" else None
-        for k, r in enumerate(records):
-            conn_ok = connectivity_matches(r.mol, r.coords)
-            stereo_ok = stereo_matches(r.mol, r.coords)
-            bad_conn += not conn_ok
-            bad_stereo += not stereo_ok
-            energy = "nan" if r.energy is None else f"{r.energy:.6f}"
-            log_w = "" if r.log_weight is None else f" log_weight={r.log_weight:.6g}"
-            if writer is not None:
-                m = conformer_mol(r.mol, r.coords)
-                m.SetProp("_Name", f"{r.name}_{k}")
-                m.SetProp("smiles", r.smiles)
-                m.SetProp("energy_eV", energy)
-                m.SetProp("connectivity_ok", str(int(conn_ok)))
-                m.SetProp("stereo_ok", str(int(stereo_ok)))
-                if r.log_weight is not None:
-                    m.SetProp("log_weight", f"{r.log_weight:.6g}")
-                writer.write(m)
-            else:
-                f.write(f"{len(r.coords)}\n")
-                f.write(f"{r.name}_{k} smiles={r.smiles} energy_eV={energy} connectivity_ok={int(conn_ok)} stereo_ok={int(stereo_ok)}{log_w}\n")
-                for atom, p in zip(r.mol.GetAtoms(), r.coords):
-                    f.write(f"{atom.GetSymbol():<2} {p[0]:14.8f} {p[1]:14.8f} {p[2]:14.8f}\n")
+    writer = Chem.SDWriter(f) if suffix == ".sdf" else None
+    for k, r in enumerate(records):
+        conn_ok = connectivity_matches(r.mol, r.coords)
+        stereo_ok = stereo_matches(r.mol, r.coords)
+        bad_conn += not conn_ok
+        bad_stereo += not stereo_ok
+        energy = "nan" if r.energy is None else f"{r.energy:.6f}"
+        log_w = "" if r.log_weight is None else f" log_weight={r.log_weight:.6g}"
         if writer is not None:
-            writer.close()
-        f.flush()
-        os.fsync(f.fileno())
+            m = conformer_mol(r.mol, r.coords)
+            m.SetProp("_Name", f"{r.name}_{k}")
+            m.SetProp("smiles", r.smiles)
+            m.SetProp("energy_eV", energy)
+            m.SetProp("connectivity_ok", str(int(conn_ok)))
+            m.SetProp("stereo_ok", str(int(stereo_ok)))
+            if r.log_weight is not None:
+                m.SetProp("log_weight", f"{r.log_weight:.6g}")
+            writer.write(m)
+        else:
+            f.write(f"{len(r.coords)}\n")
+            f.write(f"{r.name}_{k} smiles={r.smiles} energy_eV={energy} connectivity_ok={int(conn_ok)} stereo_ok={int(stereo_ok)}{log_w}\n")
+            for atom, p in zip(r.mol.GetAtoms(), r.coords):
+                f.write(f"{atom.GetSymbol():<2} {p[0]:14.8f} {p[1]:14.8f} {p[2]:14.8f}\n")
+    if writer is not None:
+        writer.close()
     return {"written": len(records), "bad_connectivity": bad_conn, "bad_stereo": bad_stereo}

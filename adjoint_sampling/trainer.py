@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 
 from adjoint_sampling.buffer import BufferEntry, ReplayBuffer
 from adjoint_sampling.checkpoint import (  # noqa: F401 (KNOWN_FORMATS re-exported)
-    KNOWN_FORMATS, CheckpointError, check_format, load_checkpoint, save_checkpoint, temp_beside,
+    KNOWN_FORMATS, CheckpointError, check_format, load_checkpoint, save_checkpoint, atomic_open,
 )
 from adjoint_sampling.config import Config, to_dict
 from adjoint_sampling.controllers import GradientInformedController, build_controller
-from adjoint_sampling.energy_eval import energy_batch, evaluate_states  # noqa: F401 (energy_batch re-exported)
+from adjoint_sampling.energy_eval import evaluate_states
 from adjoint_sampling.graphs import GraphBatch, MoleculeGraph, collate
 from adjoint_sampling.importance import effective_sample_size, path_log_weights
 from adjoint_sampling.loss import (
@@ -425,17 +425,8 @@ class Trainer:
         kept = [rows[0]] + [r for r in rows[1:] if keep(r)]
         if len(kept) == len(rows):
             return
-        fd, tmp = temp_beside(path, plain_mode=True)
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                csv.writer(f).writerows(kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
         self.log(f"{LOG_NAME}: dropped {len(rows) - len(kept)} row(s) logged after the checkpoint of epoch {self.epoch}")
 
     def _divergence(self, row: dict) -> str:

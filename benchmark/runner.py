@@ -16,7 +16,6 @@ relaxation energy, fmax and steps). Anything else is recomputed.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,9 +133,10 @@ def load_references(refset: ReferenceSet, entry: MoleculeEntry, template: Molecu
 
 
 def _atomic_write_json(data: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    from adjoint_sampling.checkpoint import atomic_open
+
+    with atomic_open(path, "w") as f:
+        f.write(json.dumps(data, indent=1))
 
 
 class EnergyCache:
