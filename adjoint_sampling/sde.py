@@ -23,7 +23,7 @@ import torch
 
 from adjoint_sampling.graphs import GraphBatch
 from adjoint_sampling.schedules import NoiseSchedule
-from adjoint_sampling.spaces import CartesianSpace, StateSpace, com_free_noise, generator_device  # noqa: F401
+from adjoint_sampling.spaces import CartesianSpace, StateSpace
 
 Controller = Callable[[torch.Tensor, torch.Tensor, GraphBatch], torch.Tensor]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -119,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from adjoint_sampling.importance import effective_sample_size, systematic_resample
     from adjoint_sampling.sampling import load_sampler
     from adjoint_sampling.torsions import measure
-    from benchmark.torsional import BASINS, basin_populations, circular_w1, grid_basin_populations, grid_density
+    from benchmark.torsional import basin_populations, circular_w1, grid_basin_populations, grid_density
     from energies import EnergyConfig, make_energy
 
     if args.n_samples < 1:

@@ -153,14 +153,16 @@ class TorsionBatch:
     """The torsions of a batch of molecule copies, as flat tensors (built by ``collate``).
 
     atoms [T, 4] global atom indices; batch [T] molecule copy of each torsion; seed_pos [N, 3] the
-    seed conformer (Å) of each copy's atoms; steps: per rank j (the j-th torsion of every copy that
-    has one) a triple (torsion indices [T_j], pair torsion index [P_j], pair atom index [P_j]).
+    seed conformer (Å) of each copy's atoms; seed_theta [T] its dihedrals (radians); steps: per rank j
+    (the j-th torsion of every copy that has one) (torsion indices [T_j], pair torsion index [P_j],
+    pair atom index [P_j], the pair's row within the step's torsions [P_j]).
     """
 
     atoms: torch.Tensor
     batch: torch.Tensor
     seed_pos: torch.Tensor
     steps: list
+    seed_theta: torch.Tensor
 
     @property
     def count(self) -> int:
@@ -168,7 +170,7 @@ class TorsionBatch:
 
     def to(self, device) -> "TorsionBatch":
         return TorsionBatch(self.atoms.to(device), self.batch.to(device), self.seed_pos.to(device),
-                            [tuple(x.to(device) for x in s) for s in self.steps])
+                            [tuple(x.to(device) for x in s) for s in self.steps], self.seed_theta.to(device))
 
 
 def batch_torsions(topologies: list, seeds: list, atom_offsets: list) -> TorsionBatch:
@@ -184,12 +186,18 @@ def batch_torsions(topologies: list, seeds: list, atom_offsets: list) -> Torsion
             ptor.append(torch.full((len(side),), t_off + j, dtype=torch.long))
             patom.append(side + off)
         t_off += topo.count
-    step_list = [(torch.tensor(t, dtype=torch.long), torch.cat(pt), torch.cat(pa)) for _, (t, pt, pa) in sorted(steps.items())]
+    step_list = []
+    for _, (t, pt, pa) in sorted(steps.items()):
+        tors, ptor = torch.tensor(t, dtype=torch.long), torch.cat(pt)
+        step_list.append((tors, ptor, torch.cat(pa), torch.searchsorted(tors, ptor)))
+    atoms_t = torch.cat(atoms) if atoms else torch.zeros(0, 4, dtype=torch.long)
+    seed_pos = torch.cat([s.reshape(-1, 3) for s in seeds]).double()
     return TorsionBatch(
-        atoms=torch.cat(atoms) if atoms else torch.zeros(0, 4, dtype=torch.long),
+        atoms=atoms_t,
         batch=torch.cat(tbatch) if tbatch else torch.zeros(0, dtype=torch.long),
-        seed_pos=torch.cat([s.reshape(-1, 3) for s in seeds]).double(),
+        seed_pos=seed_pos,
         steps=step_list,
+        seed_theta=measure(seed_pos, atoms_t) if len(atoms_t) else torch.zeros(0, dtype=torch.float64),
     )
 
 
@@ -214,13 +222,11 @@ def set_torsions(theta: torch.Tensor, tb: TorsionBatch) -> torch.Tensor:
     if tb.count == 0:
         return pos.clone()
     theta = theta.reshape(-1).to(pos.dtype)
-    delta = theta - measure(pos, tb.atoms)
-    for tors, ptor, patom in tb.steps:
+    delta = theta - tb.seed_theta
+    for tors, ptor, patom, row in tb.steps:
         b = pos[tb.atoms[tors, 1]]
         c = pos[tb.atoms[tors, 2]]
         axis = (c - b) / (c - b).norm(dim=-1, keepdim=True)
-        # pair -> its torsion's row within this step
-        row = torch.searchsorted(tors, ptor)
         origin = c[row]
         moved = origin + _rotate(pos[patom] - origin, axis[row], delta[ptor])
         pos = pos.index_put((patom,), moved)
@@ -239,7 +245,7 @@ def torsion_gradient(pos: torch.Tensor, grad_x: torch.Tensor, tb: TorsionBatch) 
     b = pos[tb.atoms[:, 1]]
     c = pos[tb.atoms[:, 2]]
     axis = (c - b) / (c - b).norm(dim=-1, keepdim=True)
-    for _, ptor, patom in tb.steps:
+    for _, ptor, patom, _ in tb.steps:
         lever = torch.cross(axis[ptor], pos[patom] - c[ptor], dim=-1)
         out = out.index_add(0, ptor, (grad_x[patom] * lever.to(grad_x.dtype)).sum(-1))
     return out
