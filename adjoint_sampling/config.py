@@ -113,6 +113,10 @@ class TrainConfig:
     # worker processes not): a budget that a shared machine does not shrink; 0 = no limit
     max_cpu_minutes: float = 0.0
     lr_final_frac: float = 1.0  # cosine-decay lr to this fraction of train.lr over the budget; 1 = constant
+    # warm start: this many bridge-matching epochs on RDKit ETKDG conformers (no energy calls) before the
+    # train.epochs Adjoint Sampling epochs; the phase also ends after pretrain_cpu_minutes (0 = no limit)
+    pretrain_epochs: int = 0
+    pretrain_cpu_minutes: float = 0.0
     # torch intra-op threads on CPU. 1 is the safe default: energy workers share the cores, and an
     # oversubscribed OpenMP pool made training steps far slower on the 2-core machine under load.
     cpu_threads: int = 1
@@ -161,7 +165,7 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         need(math.isfinite(value) and value > 0, key, value, "a finite number > 0")
     for key in ("loss.max_score_norm", "loss.reg_alpha", "model.max_output_norm", "train.grad_clip",
-                "train.max_minutes", "train.max_cpu_minutes", "sde.sigma_min", "sde.sigma", "model.radius"):
+                "train.max_minutes", "train.max_cpu_minutes", "train.pretrain_cpu_minutes", "sde.sigma_min", "sde.sigma", "model.radius"):
         value = _get(cfg, key)
         need(math.isfinite(value) and value >= 0, key, value, "a finite number >= 0")
     for key in ("model.layers", "model.hidden", "model.vectors", "sde.train_nfe", "sde.eval_nfe", "train.epochs",
@@ -170,7 +174,7 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         need(value >= 1, key, value, "an integer >= 1")
     for key in ("train.grad_steps", "train.eval_every", "train.eval_samples", "data.limit", "data.max_atoms",
-                "train.cpu_threads", "sample.n"):
+                "train.cpu_threads", "sample.n", "train.pretrain_epochs"):
         value = _get(cfg, key)
         need(value >= 0, key, value, "an integer >= 0")
     if cfg.mode == "torsional":

@@ -67,6 +67,11 @@ def sample_bridge(
     atoms (COM-free), torsional rows torsions.
     """
     space = space or CartesianSpace(x1.shape[-1])
+    return _bridge_times(x1, graphs, schedule, generator, space, times, t_min=t_min, t_max=t_max)
+
+
+def _bridge_times(x1, graphs, schedule, generator, space, times, t_min=0.0, t_max=1.0, pair=False):
+    """sample_bridge's draws; with pair=True the bridge part is (X_t, X_1 − X_t) (space.bridge_pair)."""
     b = graphs.num_graphs
     u = torch.rand(b, generator=generator, dtype=torch.float64, device=generator_device(generator, x1.device))
     t_mol = t_min + (t_max - t_min) * u.to(x1.device)
@@ -75,8 +80,8 @@ def sample_bridge(
     elif times != "uniform":
         raise ValueError(f"unknown loss time sampling '{times}' (known: uniform, variance)")
     t = t_mol[space.row_batch(graphs)]
-    xt = space.bridge(x1, t, graphs, schedule, generator)
-    return t.to(x1.dtype), xt
+    draw = space.bridge_pair if pair else space.bridge
+    return t.to(x1.dtype), draw(x1, t, graphs, schedule, generator)
 
 
 def ram_loss(
@@ -87,6 +92,25 @@ def ram_loss(
     t, xt = sample_bridge(x1, graphs, schedule, generator, space=space, times=times)
     v = controller(t, xt, graphs)
     return ((v + target) ** 2).sum(-1).mean()
+
+
+def bridge_matching_loss(
+    controller, x1: torch.Tensor, graphs: GraphBatch, schedule: NoiseSchedule,
+    generator: Optional[torch.Generator] = None, space: Optional[StateSpace] = None, times: str = "uniform",
+) -> torch.Tensor:
+    """Warm-start loss toward terminal samples x1 without energies: E_{t, X_t | X_1} ‖α(t)²·v_θ(t, X_t) − (X_1 − X_t)‖².
+
+    The base bridge to X_1 has drift g²·(X_1 − X_t)/α(t)², so with drift g²·v the controller that
+    minimises ‖v − (X_1 − X_t)/α²‖² has terminal law the law of x1 (bridge matching). That target
+    blows up as α(t) → 0 at t = 1; multiplying the residual by α(t)² keeps the loss finite and is
+    the reference's form. On the torus X_1 − X_t is taken from the lifted image the bridge was drawn
+    to (TORSIONAL.md). x1 in the state's units (Å or rad); the loss in those units squared.
+    """
+    space = space or CartesianSpace(x1.shape[-1])
+    t, (xt, delta) = _bridge_times(x1, graphs, schedule, generator, space, times, pair=True)
+    v = controller(t, xt, graphs)
+    alpha2 = schedule.alpha2(t.double()).to(v.dtype).unsqueeze(-1)
+    return ((alpha2 * v - delta) ** 2).sum(-1).mean()
 
 
 def posterior_target(

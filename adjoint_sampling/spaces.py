@@ -72,6 +72,12 @@ class StateSpace:
         return scatter(values, self.row_batch(graphs), dim=0, dim_size=graphs.num_graphs, reduce="sum")
 
     def bridge(self, x1, t_rows, graphs, schedule: NoiseSchedule, generator=None) -> torch.Tensor:
+        """X_t [R, d] drawn from the base bridge between X_0 = 0 and X_1 at per-row times t_rows [R]."""
+        return self.bridge_pair(x1, t_rows, graphs, schedule, generator)[0]
+
+    def bridge_pair(self, x1, t_rows, graphs, schedule: NoiseSchedule, generator=None):
+        """(X_t, X_1 − X_t) [R, d]: a bridge draw and the displacement left to the end point, taken
+        before wrapping (on the torus: from the lifted image the bridge was drawn to)."""
         raise NotImplementedError  # pragma: no cover
 
 
@@ -120,10 +126,11 @@ class CartesianSpace(StateSpace):
         dof = x1.shape[-1] * (counts - 1)
         return -0.5 * sq / h1_sq - 0.5 * dof * math.log(2 * math.pi * h1_sq)
 
-    def bridge(self, x1, t_rows, graphs, schedule, generator=None):
+    def bridge_pair(self, x1, t_rows, graphs, schedule, generator=None):
         coef, std = schedule.bridge_params(t_rows)
         noise = com_free_noise(x1.shape, graphs.batch, graphs.num_graphs, generator, x1.dtype, x1.device)
-        return coef.to(x1.dtype).unsqueeze(-1) * x1 + std.to(x1.dtype).unsqueeze(-1) * noise
+        xt = coef.to(x1.dtype).unsqueeze(-1) * x1 + std.to(x1.dtype).unsqueeze(-1) * noise
+        return xt, x1 - xt
 
 
 def _images(theta: torch.Tensor) -> torch.Tensor:
@@ -194,8 +201,8 @@ class TorsionSpace(StateSpace):
         per_row = wrapped_normal_log_density(x1.reshape(-1), h1_sq)
         return self.sum_rows(per_row, graphs)
 
-    def bridge(self, x1, t_rows, graphs, schedule, generator=None):
-        """Lift θ_1 to X_1 = θ_1 + 2πk (k ∝ N(θ_1 + 2πk; 0, h1²)), bridge in R, then wrap."""
+    def bridge_pair(self, x1, t_rows, graphs, schedule, generator=None):
+        """Lift θ_1 to X_1 = θ_1 + 2πk (k ∝ N(θ_1 + 2πk; 0, h1²)), bridge in R, then wrap X_t."""
         h1_sq = schedule.h1_sq
         where = generator_device(generator, x1.device)
         theta = x1.reshape(-1)
@@ -206,7 +213,7 @@ class TorsionSpace(StateSpace):
         coef, std = schedule.bridge_params(t_rows)
         noise = randn(theta.shape, generator, x1.dtype, x1.device)
         xt = coef.to(x1.dtype) * x1_lift + std.to(x1.dtype) * noise
-        return wrap_angle(xt).unsqueeze(-1)
+        return wrap_angle(xt).unsqueeze(-1), (x1_lift - xt).unsqueeze(-1)
 
 
 def make_space(mode: str, dim: int = 3) -> StateSpace:

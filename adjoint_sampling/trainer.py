@@ -28,13 +28,14 @@ from adjoint_sampling.energy_eval import evaluate_states
 from adjoint_sampling.graphs import GraphBatch, MoleculeGraph, collate
 from adjoint_sampling.importance import effective_sample_size, path_log_weights
 from adjoint_sampling.loss import (
-    adjoint_target, make_adjoint_field, ram_loss, ram_loss_posterior, soc_objective,
+    adjoint_target, bridge_matching_loss, make_adjoint_field, ram_loss, ram_loss_posterior, soc_objective,
     symmetry_copies,
 )
 from adjoint_sampling.regularizer import regularizer_energy, regularizer_grad
 from adjoint_sampling.schedules import make_schedule, time_grid
 from adjoint_sampling.sde import integrate
 from adjoint_sampling.spaces import make_space
+from adjoint_sampling.torsions import embed_seeds
 from energies.base import EnergyModel
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -42,7 +43,7 @@ CHECKPOINT_FORMAT = 2  # 2: mode, torsional seeds and the simulation streams; 1 
 assert CHECKPOINT_FORMAT in KNOWN_FORMATS
 LOG_NAME = "metrics.csv"
 LOG_FIELDS = ["epoch", "time_s", "loss", "buffer", "n_samples", "n_failed", "energy_mean", "energy_min",
-              "soc", "eval_energy_mean", "eval_failed", "eval_ess", "sim_s", "energy_s", "train_s"]
+              "soc", "eval_energy_mean", "eval_failed", "eval_ess", "sim_s", "energy_s", "train_s", "phase"]
 
 
 class TrainingError(RuntimeError):
@@ -142,6 +143,8 @@ class Trainer:
         self.saved_epoch: Optional[int] = None  # epoch of the last checkpoint written or loaded
         self.total_failed = 0
         self.best_soc = math.inf
+        # epoch at which Adjoint Sampling began; None while the bridge-matching warm start runs
+        self.as_start_epoch: Optional[int] = None if cfg.train.pretrain_epochs > 0 else 0
         self._batch_cache: dict[int, GraphBatch] = {}
 
     # ------------------------------------------------------------------ sampling
@@ -225,6 +228,55 @@ class Trainer:
             "sim_s": round(t1 - t0, 2), "energy_s": round(t2 - t1, 2),
         }
 
+    def collect_reference(self) -> dict:
+        """Warm-start epoch: fill the buffer with RDKit ETKDG conformers of this rank's share of the
+        epoch's molecule copies (their states: centred positions, or dihedral angles on the seed)."""
+        per_rank = max(1, self.cfg.train.samples_per_epoch // self.ctx.world_size)
+        mol_idx = self._molecule_indices(per_rank)
+        seeds = self._seed_indices(mol_idx) or [0] * len(mol_idx)
+        t0 = time.time()
+        kept, coords, n_failed = [], [], 0
+        dup = max(1, min(self.cfg.data.duplicates, len(mol_idx)))  # _molecule_indices: blocks of dup copies
+        for start in range(0, len(mol_idx), dup):
+            group = list(range(start, min(start + dup, len(mol_idx))))
+            g = self.molecules[mol_idx[start]]
+            rdkit_seed = int(torch.randint(1 << 30, (1,), generator=self.gen))
+            try:
+                conformers = embed_seeds(g.mol, len(group), seed=rdkit_seed, relax=False, name=g.name)
+            except ValueError:
+                n_failed += len(group)
+                continue
+            kept += group
+            coords += [c for c in conformers.to(torch.float32)]
+        self.total_failed += n_failed
+        if kept:
+            idx = [mol_idx[i] for i in kept]
+            graphs = self.batch_of(idx, [seeds[i] for i in kept] if self._seed_indices([0]) is not None else None)
+            x1 = self.space.state_of(torch.cat(coords).to(self.device), graphs).to(torch.float32)
+            for i, (m, x) in enumerate(zip(idx, self.space.split(x1.cpu(), graphs))):
+                g, zero = self.molecules[m], torch.zeros_like(x)
+                self.buffer.add(BufferEntry(m, g.smiles or g.name, x.clone(), zero, zero, float("nan"), seeds[kept[i]]))
+        return {"n_samples": len(mol_idx), "n_failed": n_failed, "energy_mean": float("nan"),
+                "energy_min": float("nan"), "sim_s": round(time.time() - t0, 2), "energy_s": 0.0}
+
+    @property
+    def in_pretrain(self) -> bool:
+        return self.as_start_epoch is None
+
+    @property
+    def end_epoch(self) -> int:
+        """The epoch count at which the run is complete (warm start + train.epochs of Adjoint Sampling)."""
+        first_as = self.as_start_epoch if self.as_start_epoch is not None else self.cfg.train.pretrain_epochs
+        return first_as + self.cfg.train.epochs
+
+    def start_adjoint_sampling(self) -> None:
+        """End the warm start: the buffer's ETKDG states carry no energies, so Adjoint Sampling starts
+        from an empty buffer (and the pretrained controller)."""
+        self.as_start_epoch = self.epoch
+        self.buffer.entries.clear()
+        self.log(f"warm start done after {self.epoch} epochs of bridge matching; Adjoint Sampling from epoch "
+                 f"{self.epoch + 1} to {self.end_epoch}")
+
     # ------------------------------------------------------------------ learning
     def minibatch(self, k: int) -> tuple[GraphBatch, torch.Tensor, torch.Tensor]:
         return self._with_targets(self.buffer.sample(k, self.gen))
@@ -277,6 +329,13 @@ class Trainer:
         for _ in range(self.cfg.train.grad_steps):
             if posterior:
                 loss = self._posterior_loss(bank_x1, bank_a, permute)
+            elif self.in_pretrain:
+                entries = self.buffer.sample(self.cfg.train.batch_size, self.gen)
+                seeds = [e.seed for e in entries] if self._seed_indices([0]) is not None else None
+                graphs = self.batch_of([e.mol_index for e in entries], seeds)
+                x1 = torch.cat([e.x1 for e in entries]).to(self.device)
+                loss = bridge_matching_loss(self.ddp_model, x1, graphs, self.schedule, self.gen, space=self.space,
+                                            times=self.cfg.loss.times)
             else:
                 graphs, x1, target = self.minibatch(self.cfg.train.batch_size)
                 loss = ram_loss(self.ddp_model, x1, target, graphs, self.schedule, self.gen, space=self.space,
@@ -354,6 +413,7 @@ class Trainer:
             "rng": {"gens": gens, "sim_gens": sim_gens, "torch": torch.get_rng_state()},
             "total_failed": self.total_failed,
             "dim": self.dim,
+            "as_start_epoch": self.as_start_epoch,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -383,6 +443,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.saved_epoch = self.epoch
         self.total_failed = int(state.get("total_failed", 0))
+        self.as_start_epoch = state.get("as_start_epoch", 0)  # older checkpoints had no warm start
 
     def save(self) -> Optional[Path]:
         state = self.state_dict()  # collective under DDP: every rank must call it
@@ -440,28 +501,47 @@ class Trainer:
             return f"the model's parameters became non-finite at epoch {self.epoch}"
         return ""
 
+    def _as_progress(self, as_wall: float, as_cpu: float, start: float, cpu_start: float) -> float:
+        """Fraction in [0, 1] of the Adjoint Sampling phase's budget spent: its epochs, or what the warm
+        start left of the wall and CPU budgets, whichever runs out first."""
+        tc = self.cfg.train
+        done = (self.epoch - (self.as_start_epoch or 0)) / tc.epochs
+        if tc.max_minutes > 0:
+            left = 60 * tc.max_minutes - (as_wall - start)
+            done = max(done, (time.time() - as_wall) / max(left, 1e-9))
+        if tc.max_cpu_minutes > 0:
+            left = 60 * tc.max_cpu_minutes - (as_cpu - cpu_start)
+            done = max(done, (time.process_time() - as_cpu) / max(left, 1e-9))
+        return min(done, 1.0)
+
     def fit(self) -> dict:
-        """Run epochs from self.epoch to cfg.train.epochs; checkpoint periodically and at the end."""
+        """Run the warm-start epochs (train.pretrain_epochs), then train.epochs of Adjoint Sampling, from
+        self.epoch; checkpoint periodically and at the end."""
         tc = self.cfg.train
         start = time.time()
         cpu_start = time.process_time()
         last: dict = {}
         self._trim_log()
-        bar = tqdm(total=tc.epochs, initial=self.epoch, desc="train", disable=not self.show_progress, dynamic_ncols=True)
-        while self.epoch < tc.epochs:
-            row = {"epoch": self.epoch + 1}
-            row.update(self.collect())
+        as_wall, as_cpu = start, cpu_start  # where this process's Adjoint Sampling phase began
+        bar = tqdm(total=self.end_epoch, initial=self.epoch, desc="train", disable=not self.show_progress,
+                   dynamic_ncols=True)
+        while self.epoch < self.end_epoch:
+            if self.in_pretrain and (self.epoch >= tc.pretrain_epochs or (
+                    tc.pretrain_cpu_minutes > 0 and time.process_time() - cpu_start > 60 * tc.pretrain_cpu_minutes)):
+                self.start_adjoint_sampling()
+                as_wall, as_cpu = time.time(), time.process_time()
+                bar.total = self.end_epoch
+            pretrain = self.in_pretrain
+            row = {"epoch": self.epoch + 1, "phase": "pretrain" if pretrain else "as"}
+            row.update(self.collect_reference() if pretrain else self.collect())
             row["buffer"] = len(self.buffer)
             t0 = time.time()
-            if tc.lr_final_frac < 1:
-                done = max(self.epoch / tc.epochs,
-                           (time.time() - start) / (60 * tc.max_minutes) if tc.max_minutes > 0 else 0.0,
-                           (time.process_time() - cpu_start) / (60 * tc.max_cpu_minutes) if tc.max_cpu_minutes > 0 else 0.0)
-                self.set_lr_fraction(min(done, 1.0))
+            if tc.lr_final_frac < 1 and not pretrain:  # the warm start runs at train.lr
+                self.set_lr_fraction(self._as_progress(as_wall, as_cpu, start, cpu_start))
             row["loss"] = self.train_steps() if len(self.buffer) else float("nan")
             row["train_s"] = round(time.time() - t0, 2)
             self.epoch += 1
-            if tc.eval_every and (self.epoch % tc.eval_every == 0 or self.epoch == tc.epochs):
+            if tc.eval_every and (self.epoch % tc.eval_every == 0 or self.epoch == self.end_epoch):
                 row.update(self.evaluate())
             row["time_s"] = round(time.time() - start, 2)
             self._write_log(row)
@@ -482,7 +562,7 @@ class Trainer:
                         else "no checkpoint was written")
                 raise TrainingError(f"{diverged}; training stopped, {kept} (try a smaller train.lr, "
                                     "train.grad_clip, or another energy)")
-            if self.epoch % max(tc.checkpoint_every, 1) == 0 or self.epoch == tc.epochs or out_of_time:
+            if self.epoch % max(tc.checkpoint_every, 1) == 0 or self.epoch == self.end_epoch or out_of_time:
                 self.save()
             if out_of_time:
                 self.log(f"stopping after {self.epoch} epochs: the time budget (train.max_minutes={tc.max_minutes}, "
