@@ -88,6 +88,10 @@ class DataConfig:
     molecules: Optional[str] = None
     smiles: list = field(default_factory=list)
     limit: int = 0  # 0 = all molecules of the file
+    # a random subset of this many molecules of the file (0 = all), drawn with subset_seed: a list sorted
+    # by rotatable-bond count (SPICE's) would give limit=N only its most rigid molecules
+    subset: int = 0
+    subset_seed: int = 0
     duplicates: int = 8
     max_atoms: int = 80
     allow_fragments: bool = False
@@ -174,7 +178,7 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         need(value >= 1, key, value, "an integer >= 1")
     for key in ("train.grad_steps", "train.eval_every", "train.eval_samples", "data.limit", "data.max_atoms",
-                "train.cpu_threads", "sample.n", "train.pretrain_epochs"):
+                "train.cpu_threads", "sample.n", "train.pretrain_epochs", "data.subset"):
         value = _get(cfg, key)
         need(value >= 0, key, value, "an integer >= 0")
     if cfg.mode == "torsional":

@@ -39,6 +39,7 @@ from adjoint_sampling.torsions import embed_seeds
 from energies.base import EnergyModel
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PRETRAINED_NAME = "pretrained.pt"  # the model at the end of the warm start (train.pretrain_epochs)
 CHECKPOINT_FORMAT = 2  # 2: mode, torsional seeds and the simulation streams; 1 (Cartesian) still loads
 assert CHECKPOINT_FORMAT in KNOWN_FORMATS
 LOG_NAME = "metrics.csv"
@@ -272,6 +273,9 @@ class Trainer:
     def start_adjoint_sampling(self) -> None:
         """End the warm start: the buffer's ETKDG states carry no energies, so Adjoint Sampling starts
         from an empty buffer (and the pretrained controller)."""
+        state = self.state_dict()  # collective under DDP: every rank ends the warm start at the same epoch
+        if self.ctx.is_main:  # the warm-started model on its own, for comparisons and --init-from
+            save_checkpoint(state, self.run_dir / PRETRAINED_NAME)
         self.as_start_epoch = self.epoch
         self.buffer.entries.clear()
         self.log(f"warm start done after {self.epoch} epochs of bridge matching; Adjoint Sampling from epoch "
@@ -501,6 +505,16 @@ class Trainer:
             return f"the model's parameters became non-finite at epoch {self.epoch}"
         return ""
 
+    def _pretrain_over(self, cpu_start: float) -> bool:
+        tc = self.cfg.train
+        over = self.epoch >= tc.pretrain_epochs or (
+            tc.pretrain_cpu_minutes > 0 and time.process_time() - cpu_start > 60 * tc.pretrain_cpu_minutes)
+        if self.ctx.enabled:  # all ranks switch together, or the collectives deadlock
+            flag = torch.tensor([float(over)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            over = bool(flag.item())
+        return over
+
     def _as_progress(self, as_wall: float, as_cpu: float, start: float, cpu_start: float) -> float:
         """Fraction in [0, 1] of the Adjoint Sampling phase's budget spent: its epochs, or what the warm
         start left of the wall and CPU budgets, whichever runs out first."""
@@ -526,8 +540,7 @@ class Trainer:
         bar = tqdm(total=self.end_epoch, initial=self.epoch, desc="train", disable=not self.show_progress,
                    dynamic_ncols=True)
         while self.epoch < self.end_epoch:
-            if self.in_pretrain and (self.epoch >= tc.pretrain_epochs or (
-                    tc.pretrain_cpu_minutes > 0 and time.process_time() - cpu_start > 60 * tc.pretrain_cpu_minutes)):
+            if self.in_pretrain and self._pretrain_over(cpu_start):
                 self.start_adjoint_sampling()
                 as_wall, as_cpu = time.time(), time.process_time()
                 bar.total = self.end_epoch
