@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from adjoint_sampling.checkpoint import CheckpointError
 from adjoint_sampling.config import ConfigError
+from adjoint_sampling.ensemble import DEFAULT_DEDUP_RMSD
 
 DATA_DIR = Path(__file__).resolve().parent / "data"  # bundled molecule lists (package data)
 
@@ -350,15 +352,29 @@ def _chunk_seed(seed: int, j: int) -> int:
     return seed if j == 0 else int(np.random.SeedSequence([seed % 2**64, j]).generate_state(1)[0])
 
 
-def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=None, device="cpu", relax=False,
-                    max_atoms: int = DEFAULT_MAX_ATOMS, batch_size: int = 64, progress: bool = True) -> None:
-    from adjoint_sampling.energy_eval import energy_batch
-    from adjoint_sampling.graphs import collate, mol_from_smiles
-    from adjoint_sampling.sampling import ConformerRecord, check_output_path, load_sampler, write_conformers
-    from tqdm.auto import tqdm
+@dataclass
+class EnsembleOptions:
+    """How ``sample --relax`` turns relaxed samples into an ensemble: dedup_rmsd in Å (heavy atoms;
+    0: no dedup), ewin in eV above the minimum (None: no window), tau in eV for the populations
+    (None: the checkpoint's loss.tau)."""
 
-    import numpy as np
-    import torch
+    dedup_rmsd: float = DEFAULT_DEDUP_RMSD
+    ewin: Optional[float] = None
+    tau: Optional[float] = None
+
+
+def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=None, device="cpu", relax=False,
+                    ensemble: Optional[EnsembleOptions] = None, max_atoms: int = DEFAULT_MAX_ATOMS,
+                    batch_size: int = 64, progress: bool = True) -> None:
+    """Sample n conformers per (SMILES, name) entry and write them to ``out``.
+
+    With ``energy`` each conformer carries its energy (eV) and importance weight; with ``relax`` too,
+    the samples are relaxed with ``energy`` and written as an ensemble (``ensemble`` options): valid
+    unique minima, lowest first, with populations, plus ``<out stem>.ensemble.csv``.
+    """
+    from adjoint_sampling.graphs import mol_from_smiles
+    from adjoint_sampling.sampling import check_output_path, load_sampler, write_conformers
+    from tqdm.auto import tqdm
 
     out = check_output_path(out)
     sampler = load_sampler(checkpoint, device=device)
@@ -370,45 +386,109 @@ def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=
     if energy is not None:
         for g in graphs:
             energy.check_supported(g.numbers.tolist(), g.charge, g.spin, name=g.name, mol=g.mol)
+    if relax:
+        ensemble = ensemble or EnsembleOptions()
+        tau = _ensemble_tau(sampler, ensemble)
     # conformers per batch: a multiple of the seed-conformer count, so copy k keeps seed k mod K across batches
     chunks = [-(-batch_size // len(g.seeds)) * len(g.seeds) if g.seeds is not None else batch_size for g in graphs]
     bar = tqdm(total=sum(-(-n // c) for c in chunks), desc="sample", unit="batch", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
-    records = []
+    records, rows = [], []
     for g, chunk in zip(graphs, chunks):
         if sampler.cfg.mode == "torsional" and g.num_torsions == 0:
             bar.write(f"{g.name}: no rotatable bond, writing its {len(g.seeds)} seed conformer(s) "
                       f"(torsion.seeds) cycled to {n}", file=sys.stderr)
         bar.set_postfix(molecule=g.name[:30], atoms=g.num_atoms)
-        parts = []
-        for j, start in enumerate(range(0, n, chunk)):
-            parts.append(sampler.sample_graph(g, min(chunk, n - start), seed=_chunk_seed(seed, j), nfe=nfe,
-                                              batch_size=chunk, with_log_rn=True))
-            bar.update(1)
-        coords = np.concatenate([c for c, _ in parts])
-        log_rn = np.concatenate([lr for _, lr in parts])
-        energies, log_w = [None] * n, [None] * n
-        if energy is not None:
-            batch = collate([g] * n, sampler.cfg.model.elements)
-            x = torch.as_tensor(coords.reshape(-1, 3))
-            if relax:
-                from energies.relax import relax_conformers
-
-                res = relax_conformers(energy, g.numbers.numpy(), coords, charge=g.charge, spin=g.spin, mol=g.mol)
-                coords = np.asarray(res.coords)
-                n_bad = int((~np.asarray(res.converged)).sum())
-                if n_bad:
-                    bar.write(f"{g.name}: {n_bad}/{n} relaxations did not converge", file=sys.stderr)
-                x = torch.as_tensor(coords.reshape(-1, 3))
-            result = energy(energy_batch(batch, x))
-            energies = [float(e) for e in result.energy]
-            if not relax:  # relaxed conformers are no longer the sampler's paths: no weights for them
-                log_w = _report_weights(sampler, g, coords, np.asarray(energies), log_rn)
-        records += [ConformerRecord(g.name, g.smiles, g.mol, coords[k], energies[k], log_w[k]) for k in range(n)]
+        coords, log_rn = _draw(sampler, g, n, chunk, seed, nfe, bar)
+        if relax:
+            recs, members = _relaxed_ensemble(energy, g, coords, ensemble, tau, bar)
+            records += recs
+            rows += [(g.name, m) for m in members]
+        else:
+            records += _annotated(sampler, energy, g, coords, log_rn)
     bar.close()
     stats = write_conformers(records, out)
     print(f"wrote {stats['written']} conformers to {out} ({stats['bad_connectivity']} with changed connectivity, "
           f"{stats['bad_stereo']} with changed stereochemistry)", flush=True)
+    if relax:
+        from adjoint_sampling.ensemble import ensemble_csv_path, write_ensemble_csv
+
+        table = ensemble_csv_path(out)
+        write_ensemble_csv(rows, table)
+        print(f"ensemble table: {table}", flush=True)
+
+
+def _draw(sampler, g, n, chunk, seed, nfe, bar):
+    """n conformers of graph g (coords [n, N, 3] Å) and their path log-RN terms, in batches of chunk."""
+    import numpy as np
+
+    parts = []
+    for j, start in enumerate(range(0, n, chunk)):
+        parts.append(sampler.sample_graph(g, min(chunk, n - start), seed=_chunk_seed(seed, j), nfe=nfe,
+                                          batch_size=chunk, with_log_rn=True))
+        bar.update(1)
+    return np.concatenate([c for c, _ in parts]), np.concatenate([lr for _, lr in parts])
+
+
+def _annotated(sampler, energy, g, coords, log_rn) -> list:
+    """The raw samples as records, with energies (eV) and importance weights when an energy is given."""
+    from adjoint_sampling.energy_eval import energy_batch
+    from adjoint_sampling.graphs import collate
+    from adjoint_sampling.sampling import ConformerRecord
+
+    import numpy as np
+    import torch
+
+    n = len(coords)
+    energies, log_w = [None] * n, [None] * n
+    if energy is not None:
+        batch = collate([g] * n, sampler.cfg.model.elements)
+        result = energy(energy_batch(batch, torch.as_tensor(coords.reshape(-1, 3))))
+        energies = [float(e) for e in result.energy]
+        log_w = _report_weights(sampler, g, coords, np.asarray(energies), log_rn)
+    return [ConformerRecord(g.name, g.smiles, g.mol, coords[k], energies[k], log_w[k]) for k in range(n)]
+
+
+def _ensemble_tau(sampler, opts: EnsembleOptions) -> float:
+    """τ (eV) of the populations: --tau, else the checkpoint's loss.tau (the density it was trained on)."""
+    from adjoint_sampling.ensemble import temperature_k
+
+    tau, source = (opts.tau, "--tau") if opts.tau is not None else (sampler.cfg.loss.tau, "the checkpoint's loss.tau")
+    print(f"Boltzmann populations at tau = {tau:g} eV ({source}; T = tau/k_B = {temperature_k(tau):.1f} K)",
+          file=sys.stderr, flush=True)
+    return float(tau)
+
+
+def _relaxed_ensemble(energy, g, coords, opts: EnsembleOptions, tau: float, bar) -> tuple[list, list]:
+    """Relax one molecule's samples with ``energy``; (records, ensemble Members), lowest energy first.
+
+    Relaxed conformers are no longer the sampler's paths: they carry no importance weights.
+    """
+    from adjoint_sampling.ensemble import build_ensemble, valid_conformers
+    from adjoint_sampling.sampling import ConformerRecord
+    from energies.relax import relax_conformers
+
+    import numpy as np
+
+    res = relax_conformers(energy, g.numbers.numpy(), coords, charge=g.charge, spin=g.spin, mol=g.mol)
+    relaxed, energies = np.asarray(res.coords), np.asarray(res.energies, dtype=np.float64)
+    converged = np.asarray(res.converged, dtype=bool) & np.isfinite(energies)
+    valid = valid_conformers(g.mol, relaxed, energies, converged)
+    members = build_ensemble(g.mol, relaxed, energies, tau, dedup_rmsd=opts.dedup_rmsd, ewin=opts.ewin, valid=valid)
+    window = "" if opts.ewin is None else f" within {opts.ewin:g} eV,"
+    dedup = f"unique at {opts.dedup_rmsd:g} Å heavy-atom RMSD" if opts.dedup_rmsd > 0 else "kept (no dedup)"
+    bar.write(f"{g.name}: {int(valid.sum())}/{len(coords)} relaxed to valid minima ({int((~converged).sum())} failed "
+              f"or unconverged, {int((converged & ~valid).sum())} with changed connectivity/stereo),{window} "
+              f"{len(members)} {dedup}", file=sys.stderr)
+    records = [ConformerRecord(g.name, g.smiles, g.mol, relaxed[m.sample_index], m.energy, None, _member_props(m))
+               for m in members]
+    return records, members
+
+
+def _member_props(m) -> dict:
+    """What each ensemble conformer carries in the SDF (properties) and XYZ (comment line)."""
+    return {"rank": str(m.rank), "sample_index": str(m.sample_index), "rel_energy_eV": f"{m.rel_energy:.6f}",
+            "rel_energy_kcal_mol": f"{m.rel_energy_kcal_mol:.4f}", "population": f"{m.population:.8g}"}
 
 
 def _report_weights(sampler, graph, coords, energies, log_rn) -> list:
@@ -427,6 +507,49 @@ def _report_weights(sampler, graph, coords, energies, log_rn) -> list:
     return [float(v) for v in lw]
 
 
+def _relax_energy(args) -> Optional[str]:
+    """The energy ``--relax`` names (None: no relaxation). A bare --relax means --energy's, as it
+    did before --relax took a name."""
+    if args.relax is None:
+        return None
+    name = args.relax or (None if args.energy == "none" else args.energy)
+    if name is None:
+        raise UserError("--relax needs an energy: --relax xtb|mmff|... (or --energy NAME with a bare --relax)")
+    if args.energy not in ("none", name):  # one energy ranks the minima it made: no mixed levels
+        raise UserError(f"--relax {name} and --energy {args.energy} name different energies; the ensemble is "
+                        "ranked by the relaxation energy: give one of them")
+    return name
+
+
+def _ensemble_options(args, relaxing: bool) -> Optional[EnsembleOptions]:
+    """--dedup-rmsd / --ewin / --tau, checked; they shape the relaxed ensemble only."""
+    import math
+
+    given = [flag for flag, value in (("--dedup-rmsd", args.dedup_rmsd), ("--ewin", args.ewin), ("--tau", args.tau))
+             if value is not None]
+    if not relaxing:
+        if given:
+            raise UserError(f"--relax ENERGY is needed for {', '.join(given)} (they shape the relaxed ensemble)")
+        return None
+    for flag, value, positive in (("--dedup-rmsd", args.dedup_rmsd, False), ("--ewin", args.ewin, False),
+                                  ("--tau", args.tau, True)):
+        if value is not None and not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise UserError(f"{flag} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
+    return EnsembleOptions(dedup_rmsd=DEFAULT_DEDUP_RMSD if args.dedup_rmsd is None else args.dedup_rmsd,
+                           ewin=args.ewin, tau=args.tau)
+
+
+def _sample_checkpoint(args) -> Path:
+    """--checkpoint, else the sampler shipped with the package (said on stderr)."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    from adjoint_sampling.pretrained import describe_shipped, shipped_checkpoint
+
+    path = shipped_checkpoint()  # ShippedSamplerMissing (a FileNotFoundError): one error line, exit 2
+    print(f"using the shipped sampler {path} ({describe_shipped()})", file=sys.stderr, flush=True)
+    return path
+
+
 def cmd_sample(args) -> int:
     from adjoint_sampling.graphs import read_molecule_list
     from adjoint_sampling.sampling import check_output_path
@@ -436,8 +559,8 @@ def cmd_sample(args) -> int:
                              ("--max-atoms", args.max_atoms, 0), ("--workers", args.workers, 1)):
         if value is not None and value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
-    if args.relax and args.energy == "none":
-        raise UserError("--relax needs an energy (--energy xtb|mmff|...)")
+    relax = _relax_energy(args)
+    ensemble = _ensemble_options(args, relax is not None)
     entries = []
     if args.smiles:
         entries += [(s, s) for s in args.smiles]
@@ -446,12 +569,14 @@ def cmd_sample(args) -> int:
     if not entries:
         raise UserError("give --smiles SMILES or --smiles-file FILE")
     out = check_output_path(args.output)  # before minutes of sampling, not after
+    checkpoint = _sample_checkpoint(args)
     _set_cpu_threads(args.threads)
-    energy = None if args.energy == "none" else _make_energy(EnergyConfig(name=args.energy, workers=args.workers))
+    name = relax or args.energy
+    energy = None if name == "none" else _make_energy(EnergyConfig(name=name, workers=args.workers))
     try:
-        _sample_to_file(args.checkpoint, entries, args.n, out, seed=args.seed, nfe=args.nfe, energy=energy,
-                        device=args.device, relax=args.relax, max_atoms=args.max_atoms, batch_size=args.batch_size,
-                        progress=not args.no_progress)
+        _sample_to_file(checkpoint, entries, args.n, out, seed=args.seed, nfe=args.nfe, energy=energy,
+                        device=args.device, relax=relax is not None, ensemble=ensemble, max_atoms=args.max_atoms,
+                        batch_size=args.batch_size, progress=not args.no_progress)
     finally:
         if energy is not None:
             energy.close()
@@ -473,8 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="generate conformers from a checkpoint")
-    s.add_argument("--checkpoint", required=True)
+    s = sub.add_parser("sample", help="generate conformers from a checkpoint (default: the shipped sampler)")
+    s.add_argument("--checkpoint", help="a trained checkpoint.pt (default: the sampler shipped with the package)")
     s.add_argument("--smiles", nargs="+")
     s.add_argument("--smiles-file", help="file of SMILES (plain or SPICE layout)")
     s.add_argument("-n", type=int, default=64, help="conformers per molecule [64]")
@@ -484,7 +609,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--energy", default="none", help="energy to annotate samples with (xtb, mmff, ...); also writes each "
                    "conformer's log importance weight against exp(-E/tau) (log_weight) unless --relax [none]")
     s.add_argument("--workers", type=int, default=2)
-    s.add_argument("--relax", action="store_true", help="relax samples with --energy before writing")
+    s.add_argument("--relax", nargs="?", const="", default=None, metavar="ENERGY",
+                   help="relax the samples with ENERGY (xtb, mmff, ...; bare --relax: --energy's) and write the "
+                        "ensemble: valid unique minima, lowest energy first, with Boltzmann populations, plus "
+                        "<output stem>.ensemble.csv")
+    s.add_argument("--dedup-rmsd", type=float, default=None, metavar="Å",
+                   help="with --relax: drop a minimum within this heavy-atom RMSD of a lower one (0: keep all) "
+                        f"[{DEFAULT_DEDUP_RMSD:g}]")
+    s.add_argument("--ewin", type=float, default=None, metavar="eV",
+                   help="with --relax: keep minima at most this far above the lowest [no window]")
+    s.add_argument("--tau", type=float, default=None, metavar="eV",
+                   help="with --relax: kT of the populations exp(-dE/tau) [the checkpoint's loss.tau]")
     s.add_argument("--device", default="cpu")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
     s.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS,

@@ -6,7 +6,7 @@ from coordinates except for the connectivity/stereo check flags written beside e
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -147,6 +147,7 @@ class ConformerRecord:
     coords: np.ndarray
     energy: Optional[float] = None
     log_weight: Optional[float] = None  # self-normalised log importance weight within its molecule
+    props: dict = field(default_factory=dict)  # more "key": "value" text: SDF properties, XYZ comment items
 
 
 class OutputPathError(ValueError):
@@ -219,10 +220,13 @@ def _write_records(records: Sequence[ConformerRecord], f, suffix: str) -> dict:
             m.SetProp("stereo_ok", str(int(stereo_ok)))
             if r.log_weight is not None:
                 m.SetProp("log_weight", f"{r.log_weight:.6g}")
+            for key, value in r.props.items():
+                m.SetProp(key, str(value))
             writer.write(m)
         else:
             f.write(f"{len(r.coords)}\n")
-            f.write(f"{r.name}_{k} smiles={r.smiles} energy_eV={energy} connectivity_ok={int(conn_ok)} stereo_ok={int(stereo_ok)}{log_w}\n")
+            extra = "".join(f" {key}={value}" for key, value in r.props.items())
+            f.write(f"{r.name}_{k} smiles={r.smiles} energy_eV={energy} connectivity_ok={int(conn_ok)} stereo_ok={int(stereo_ok)}{log_w}{extra}\n")
             for atom, p in zip(r.mol.GetAtoms(), r.coords):
                 f.write(f"{atom.GetSymbol():<2} {p[0]:14.8f} {p[1]:14.8f} {p[2]:14.8f}\n")
     if writer is not None:

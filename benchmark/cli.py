@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-references", type=int, default=512,
                         help="cap on reference conformers per molecule (lowest energy / first; default 512)")
     parser.add_argument("--sample-factor", type=float, default=2.0, help="samples per reference conformer (default 2)")
-    parser.add_argument("--checkpoint", help="Adjoint Sampling checkpoint for method adjoint-sampling")
+    parser.add_argument("--checkpoint", help="Adjoint Sampling checkpoint for method adjoint-sampling "
+                        "(default: the sampler shipped with the package)")
     parser.add_argument("--device", default="cpu", help="device for the sampler (default cpu)")
     parser.add_argument("--relax-energy", action="append",
                         help="also evaluate every listed method relaxed with this energy (adds '<method>+<energy>')")

@@ -2,7 +2,8 @@
 
 Method spec grammar: ``<base>[+<energy>]``
   rdkit                 RDKit ETKDGv3 (seeded, multithreaded)
-  adjoint-sampling      a trained checkpoint (adjoint_sampling.sampling.load_sampler)
+  adjoint-sampling      a trained checkpoint (adjoint_sampling.sampling.load_sampler); without one
+                        the sampler shipped with the package (adjoint_sampling.pretrained)
   sdf:<dir>             conformers made by another tool, ``<dir>/<id>.sdf`` in any atom order
   +<energy>             relax the samples with energies.make_energy(EnergyConfig(name=<energy>))
                         (e.g. rdkit+mmff, rdkit+xtb, adjoint-sampling+xtb), same fmax for all.
@@ -90,14 +91,15 @@ class AdjointSamplingGenerator:
     """Samples of a trained Adjoint Sampling checkpoint (or any object with ``sample(smiles, n, seed)``).
 
     The checkpoint is loaded (and its sha256 taken) here, once: an unreadable or foreign file is a
-    MethodError before any molecule is run, not a per-molecule skip.
+    MethodError before any molecule is run, not a per-molecule skip. Without a checkpoint (or a
+    sampler) the sampler shipped with the package is used, and stderr says so.
     """
 
     name = "adjoint-sampling"
 
     def __init__(self, checkpoint: Optional[str] = None, device: str = "cpu", sampler=None):
         if sampler is None and not checkpoint:
-            raise MethodError("method 'adjoint-sampling' needs --checkpoint PATH")
+            checkpoint = str(_shipped_checkpoint())
         self.checkpoint, self.device, self.sampler = checkpoint, device, sampler
         self.checkpoint_sha256: Optional[str] = None
         if sampler is None:
@@ -126,6 +128,20 @@ class AdjointSamplingGenerator:
         if coords.shape != (n, template.num_atoms, 3):
             raise MethodSkip(f"sampler returned shape {coords.shape}, expected {(n, template.num_atoms, 3)}")
         return GeneratedSamples(coords)
+
+
+def _shipped_checkpoint() -> Path:
+    """The package's shipped checkpoint (said on stderr); MethodError when this installation has none."""
+    import sys
+
+    from adjoint_sampling.pretrained import ShippedSamplerMissing, describe_shipped, shipped_checkpoint
+
+    try:
+        path = shipped_checkpoint()
+    except ShippedSamplerMissing as exc:
+        raise MethodError(f"method 'adjoint-sampling': {exc}") from None
+    print(f"using the shipped sampler {path} ({describe_shipped()})", file=sys.stderr, flush=True)
+    return path
 
 
 class SDFGenerator:

@@ -1,5 +1,6 @@
 """CLI end to end on the tiny preset (MMFF, one molecule), resume, sampling, bad input (one table),
-divergence, concurrent writers and a kill -9 during training."""
+divergence, concurrent writers and a kill -9 during training; the relaxed ensemble of ``sample --relax``
+and the shipped sampler used without --checkpoint (on a tiny torsional checkpoint)."""
 import math
 import os
 import subprocess
@@ -162,6 +163,15 @@ BAD_INPUT = [
     ("n zero", SAMPLE + ["-o", "{tmp}/o.sdf", "-n", "0"], "-n must be >= 1, got 0"),
     ("unknown energy", SAMPLE + ["-o", "{tmp}/o.sdf", "--energy", "bogus"], "unknown energy 'bogus'"),
     ("relax without energy", SAMPLE + ["-o", "{tmp}/o.sdf", "--relax"], "--relax needs an energy"),
+    ("relax with an unknown energy", SAMPLE + ["-o", "{tmp}/o.sdf", "--relax", "bogus"], "unknown energy 'bogus'"),
+    ("relax and --energy differ", SAMPLE + ["-o", "{tmp}/o.sdf", "--relax", "mmff", "--energy", "xtb"],
+     "--relax mmff and --energy xtb name different energies"),
+    ("ensemble flags without relax", SAMPLE + ["-o", "{tmp}/o.sdf", "--ewin", "0.1", "--tau", "0.05"],
+     "--relax ENERGY is needed for --ewin, --tau"),
+    ("tau zero", SAMPLE + ["-o", "{tmp}/o.sdf", "--relax", "mmff", "--tau", "0"], "--tau must be a finite number > 0"),
+    ("ewin nan", SAMPLE + ["-o", "{tmp}/o.sdf", "--relax", "mmff", "--ewin", "nan"], "--ewin must be a finite number >= 0"),
+    ("dedup rmsd negative", SAMPLE + ["-o", "{tmp}/o.sdf", "--relax", "mmff", "--dedup-rmsd", "-1"],
+     "--dedup-rmsd must be a finite number >= 0"),
     ("invalid SMILES", ["sample", "--checkpoint", "{ck}", "--smiles", "C1CC(", "-o", "{tmp}/o.sdf"], "invalid SMILES"),
     ("binary SMILES file", ["sample", "--checkpoint", "{ck}", "--smiles-file", "{fx}/binary.txt", "-o", "{tmp}/o.sdf"],
      "molecule list {fx}/binary.txt is not a UTF-8"),
@@ -466,3 +476,115 @@ def test_kill_9_during_training_then_resume_logs_each_epoch_once(tmp_path, capsy
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _logged_epochs(run) == list(range(1, final + 1))
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == final
+
+
+# ---------------------------------------------------------------------- sample --relax: the ensemble
+@pytest.fixture(scope="module")
+def tiny_torsional(tmp_path_factory):
+    """A tiny torsional checkpoint (MMFF, one epoch): enough to draw conformers to relax."""
+    run = tmp_path_factory.mktemp("tiny-torsional") / "run"
+    assert run_cli("train", "--preset", "tiny-torsional", "--no-progress", f"run_dir={run}", "train.epochs=1",
+                   "sample.n=0", *FAST) == 0
+    return run / "checkpoint.pt"
+
+
+def _csv_rows(path):
+    import csv
+
+    return list(csv.DictReader(path.open()))
+
+
+def test_sample_relax_writes_a_deduplicated_boltzmann_ensemble(tiny_torsional, tmp_path, capsys):
+    from adjoint_sampling.ensemble import heavy_atom_rmsd
+
+    out = tmp_path / "ens.sdf"
+    smiles = ["CCCCO", "C[C@H](O)CC"]
+    assert run_cli("sample", "--checkpoint", tiny_torsional, "--smiles", *smiles, "-n", 16, "--nfe", 10,
+                   "--relax", "mmff", "-o", out, "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "tau = 0.025852 eV (the checkpoint's loss.tau; T = tau/k_B = 300.0 K)" in err
+    rows = _csv_rows(tmp_path / "ens.ensemble.csv")
+    assert list(rows[0]) == ["molecule", "rank", "sample_index", "energy_eV", "rel_energy_eV", "rel_energy_kcal_mol",
+                             "population"]
+    mols = list(Chem.SDMolSupplier(str(out), removeHs=False))
+    assert len(mols) == len(rows)  # the SDF holds the ensemble, in the CSV's order
+    for smi in smiles:
+        mine = [r for r in rows if r["molecule"] == smi]
+        confs = [m for m in mols if m.GetProp("smiles") == smi]
+        energies = [float(r["energy_eV"]) for r in mine]
+        assert mine and energies == sorted(energies)
+        assert [int(r["rank"]) for r in mine] == list(range(1, len(mine) + 1))
+        assert float(mine[0]["rel_energy_eV"]) == 0.0
+        assert sum(float(r["population"]) for r in mine) == pytest.approx(1.0, abs=1e-6)
+        assert [m.GetProp("sample_index") for m in confs] == [r["sample_index"] for r in mine]
+        assert [float(m.GetProp("energy_eV")) for m in confs] == pytest.approx(energies, abs=1e-6)
+        assert [float(m.GetProp("population")) for m in confs] == pytest.approx([float(r["population"]) for r in mine])
+        assert all(m.GetProp("connectivity_ok") == "1" and m.GetProp("stereo_ok") == "1" for m in confs)
+        pos = [m.GetConformer().GetPositions() for m in confs]
+        ref = Chem.AddHs(Chem.MolFromSmiles(smi))
+        for i in range(len(pos)):
+            for j in range(i):
+                assert heavy_atom_rmsd(ref, pos[i], pos[j]) >= 0.5
+    # 2-butanol has three heavy-atom rotamers: 16 samples relax onto far fewer unique minima
+    assert len([r for r in rows if r["molecule"] == "C[C@H](O)CC"]) < 16
+
+    # bare --relax relaxes with --energy (as before); XYZ carries energy and population on its comment line
+    xyz = tmp_path / "window.xyz"
+    assert run_cli("sample", "--checkpoint", tiny_torsional, "--smiles", "CCCCO", "-n", 8, "--nfe", 10, "--relax",
+                   "--energy", "mmff", "--ewin", "0.05", "--tau", "0.05", "-o", xyz, "--no-progress") == 0
+    assert "tau = 0.05 eV (--tau;" in capsys.readouterr().err
+    rows = _csv_rows(tmp_path / "window.ensemble.csv")
+    comments = [line for line in xyz.read_text().splitlines() if line.startswith("CCCCO_")]
+    assert len(comments) == len(rows) and all("energy_eV=" in c and "population=" in c for c in comments)
+    assert all(float(r["rel_energy_eV"]) <= 0.05 for r in rows)
+
+
+def test_sample_without_checkpoint_uses_the_shipped_sampler(tiny_torsional, tmp_path, capsys, monkeypatch):
+    import json
+    import shutil
+
+    from adjoint_sampling import pretrained
+
+    shipped = tmp_path / "sampler"
+    monkeypatch.setattr(pretrained, "SAMPLER_DIR", shipped)
+    assert "expected " + str(shipped / "checkpoint.pt") in _error(
+        capsys, "sample", "--smiles", "CCO", "-n", 2, "-o", tmp_path / "none.sdf")
+    assert not (tmp_path / "none.sdf").exists()
+
+    shipped.mkdir()
+    shutil.copy(tiny_torsional, shipped / "checkpoint.pt")
+    (shipped / "provenance.json").write_text(json.dumps({"preset": "tiny-torsional", "wall_time_s": 3, "commit": "abc"}))
+    a, b = tmp_path / "a.xyz", tmp_path / "b.xyz"
+    assert run_cli("sample", "--smiles", "CCCO", "-n", 3, "--nfe", 5, "-o", a, "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert f"using the shipped sampler {shipped / 'checkpoint.pt'} (preset tiny-torsional, trained 0 min 3 s, " \
+           "commit abc)" in err
+    assert run_cli("sample", "--checkpoint", tiny_torsional, "--smiles", "CCCO", "-n", 3, "--nfe", 5, "-o", b,
+                   "--no-progress") == 0
+    assert "shipped" not in capsys.readouterr().err
+    assert a.read_text() == b.read_text()  # the same sampler, the same seed: the same conformers
+
+
+def test_benchmark_without_checkpoint_uses_the_shipped_sampler(tiny_torsional, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from adjoint_sampling import pretrained
+    from benchmark.__main__ import main as bench_main
+    from test_benchmark_run import _make_refs
+
+    refs = _make_refs(tmp_path / "refs")
+    argv = ["--method", "adjoint-sampling", "--references", str(refs), "--no-progress", "--threads", "1",
+            "--limit", "1", "--sample-factor", "0.5"]
+    monkeypatch.setattr(pretrained, "SAMPLER_DIR", tmp_path / "sampler")
+    assert bench_main(argv + ["--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: method 'adjoint-sampling': no --checkpoint given") and \
+        str(tmp_path / "sampler" / "checkpoint.pt") in err[0]
+    assert not (tmp_path / "none").exists()
+
+    (tmp_path / "sampler").mkdir()
+    shutil.copy(tiny_torsional, tmp_path / "sampler" / "checkpoint.pt")
+    assert bench_main(argv + ["--out", str(tmp_path / "bench")]) == 0
+    captured = capsys.readouterr()
+    assert f"using the shipped sampler {tmp_path / 'sampler' / 'checkpoint.pt'} (no provenance.json)" in captured.err
+    assert "| adjoint-sampling | 1 |" in captured.out
