@@ -50,6 +50,11 @@ def load_training_molecules(cfg, energy, seeds: Optional[list] = None) -> list:
     entries: list[tuple[str, str]] = []
     if cfg.data.molecules:
         entries += read_molecule_list(_resolve_molecule_file(cfg.data.molecules), cfg.data.limit)
+        if 0 < cfg.data.subset < len(entries):
+            import random
+
+            picks = sorted(random.Random(cfg.data.subset_seed).sample(range(len(entries)), cfg.data.subset))
+            entries = [entries[i] for i in picks]
     entries += [(s, s) for s in cfg.data.smiles]
     if not entries:
         raise UserError("no training molecules: set data.molecules=FILE or data.smiles=[SMILES,...]")
@@ -294,9 +299,12 @@ def cmd_train(args) -> int:
     import yaml
 
     from adjoint_sampling.config import to_dict
+    from adjoint_sampling.checkpoint import load_checkpoint
     from adjoint_sampling.trainer import Trainer, setup_distributed, teardown_distributed
 
     cfg, run_dir, state, applied, ident = _train_config(args)
+    if args.init_from and args.resume:
+        raise UserError("--init-from starts a new run from a model; --resume continues a run: use one of them")
     # under torchrun only rank 0 takes the lock: the others must not mistake it for another run's
     _check_run_dir(run_dir, ident if state is not None else None, lock_held=int(os.environ.get("RANK", "0")) != 0)
     sample_out = _sample_output(cfg, run_dir)
@@ -310,6 +318,8 @@ def cmd_train(args) -> int:
         trainer = Trainer(cfg, molecules, energy, run_dir, ctx=ctx, show_progress=not args.no_progress)
         if state is not None:
             trainer.load_state_dict(state)  # a checkpoint that does not fit is refused before any write
+        elif args.init_from:
+            trainer.init_from(load_checkpoint(args.init_from))
         lock = _prepare_run_dir(run_dir, ident if state is not None else None, ctx)  # first write: the run dir
         if ctx.is_main and state is None:
             (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -595,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--smiles", nargs="+", help="train on these SMILES instead of a list file")
     t.add_argument("--run-dir", help="output directory (default from the preset)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    t.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start Adjoint Sampling from this checkpoint's model (e.g. a warm start's pretrained.pt); "
+                        "no warm start, a fresh buffer and optimizer")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -649,15 +662,19 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     from adjoint_sampling.graphs import InvalidMoleculeError
     from adjoint_sampling.sampling import OutputPathError
-    from adjoint_sampling.trainer import TrainingError
     from energies.base import UnsupportedMoleculeError
 
+    user_errors = (UserError, ConfigError, CheckpointError, InvalidMoleculeError, UnsupportedMoleculeError,
+                   OutputPathError, FileNotFoundError)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, CheckpointError, InvalidMoleculeError, UnsupportedMoleculeError, OutputPathError,
-            TrainingError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        # only `train` loads the trainer: inference commands never import training code
+        trainer = sys.modules.get("adjoint_sampling.trainer")
+        if isinstance(exc, user_errors) or (trainer is not None and isinstance(exc, trainer.TrainingError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -182,6 +182,9 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         need(value >= 0, key, value, "an integer >= 0")
     if cfg.mode == "torsional":
+        # the head pairs parity-even vectors (1e) with the bond axis; a block makes 1e only from the 1o
+        # vectors of the block before it, so a single block outputs 0 for every state and never learns
+        need(cfg.model.layers >= 2, "model.layers", cfg.model.layers, "an integer >= 2 for mode=torsional")
         for key in ("model.energy_gradient", "loss.posterior_targets"):
             if _get(cfg, key):
                 raise ConfigError(f"config key '{key}' is a Cartesian option and cannot be used with mode=torsional")

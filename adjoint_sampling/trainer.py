@@ -449,6 +449,23 @@ class Trainer:
         self.total_failed = int(state.get("total_failed", 0))
         self.as_start_epoch = state.get("as_start_epoch", 0)  # older checkpoints had no warm start
 
+    def init_from(self, state: dict) -> None:
+        """Start from another run's model (same mode and model config, any molecules): Adjoint Sampling
+        begins at once, with this run's fresh optimizer and empty buffer."""
+        check_format(state)
+        if state.get("mode", "cartesian") != self.cfg.mode:
+            raise CheckpointError(f"--init-from: the checkpoint is a {state.get('mode', 'cartesian')} model, "
+                                  f"this run is {self.cfg.mode}")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"--init-from: the checkpoint's model does not match the configured one: "
+                                  f"{str(exc).splitlines()[0]}") from None
+        if self.cfg.train.pretrain_epochs:
+            self.log(f"--init-from: train.pretrain_epochs={self.cfg.train.pretrain_epochs} is not run, the model "
+                     "starts Adjoint Sampling directly")
+        self.as_start_epoch = 0
+
     def save(self) -> Optional[Path]:
         state = self.state_dict()  # collective under DDP: every rank must call it
         if not self.ctx.is_main:

@@ -21,3 +21,16 @@ def test_module_does_not_load_the_trainer(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-1000:]
     assert out.stdout.strip() == "", f"{module} loads {out.stdout.strip()}"
+
+
+def test_the_sample_command_never_loads_training_code(tmp_path):
+    """cli.main catches the trainer's error type only when `train` has loaded it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom adjoint_sampling.cli import main\n"
+             f"rc = main(['sample', '--checkpoint', {str(tmp_path / 'missing.pt')!r}, '--smiles', 'CCO', '-n', '2', "
+             f"'-o', {str(tmp_path / 'o.sdf')!r}])\n"
+             "print(rc, 'adjoint_sampling.trainer' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stderr[-2000:]

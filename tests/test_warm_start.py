@@ -143,3 +143,29 @@ def test_trainer_warm_starts_on_etkdg_then_runs_adjoint_sampling_and_resumes_acr
     assert main(["train", "--resume", str(other / "run"), "--no-progress", "train.max_cpu_minutes=0"]) == 0
     phases = [r["phase"] for r in _log(other)]
     assert phases == ["pretrain"] * 4 + ["as"] * 2
+
+
+def test_init_from_starts_adjoint_sampling_from_a_pretrained_model_and_refuses_a_foreign_one(tmp_path, capsys):
+    from adjoint_sampling.checkpoint import load_checkpoint
+    from adjoint_sampling.cli import main
+    from adjoint_sampling.trainer import CHECKPOINT_NAME, PRETRAINED_NAME
+
+    assert _run(tmp_path, "train.pretrain_epochs=2", "train.epochs=1") == 0
+    pretrained = tmp_path / "run" / PRETRAINED_NAME
+    warm = load_checkpoint(pretrained)
+    assert warm["as_start_epoch"] is None and warm["epoch"] == 2
+    new = tmp_path / "new"
+    assert main(["train", "--preset", "tiny-torsional", "--run-dir", str(new), "--no-progress", "sde.train_nfe=4",
+                 "sde.eval_nfe=4", "sample.n=0", "train.epochs=1", "train.lr=1e-12",
+                 "--init-from", str(pretrained)]) == 0
+    state = load_checkpoint(new / CHECKPOINT_NAME)
+    assert state["as_start_epoch"] == 0 and state["epoch"] == 1
+    for key, value in warm["model"].items():  # steps of 1e-12: the model is still the pretrained one
+        assert torch.allclose(state["model"][key], value, atol=1e-9)
+    fresh = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["model"]  # (and training does change it)
+    assert any(not torch.allclose(fresh[k], v, atol=1e-6) for k, v in warm["model"].items())
+    capsys.readouterr()
+    assert main(["train", "--preset", "tiny", "--run-dir", str(tmp_path / "cart"), "--no-progress",
+                 "--init-from", str(pretrained)]) == 2
+    assert "torsional model" in capsys.readouterr().err
+    assert not (tmp_path / "cart").exists()
