@@ -40,6 +40,9 @@ class ModelConfig:
     # ``hidden`` is its number of scalar channels and ``layers`` its interaction blocks
     vectors: int = 8
     radius: float = 5.0
+    # EGNN only: evaluate on dense per-molecule blocks (adjoint_sampling.dense_egnn), the same function
+    # and parameters as the edge-list reference path (false), faster on CPU (README "Speed")
+    fast: bool = True
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
+from adjoint_sampling.dense_egnn import dense_forward
 from adjoint_sampling.graphs import GraphBatch
 from adjoint_sampling.spaces import remove_com
 
@@ -61,11 +62,14 @@ class EGNNController(nn.Module):
     """Node input: one-hot element + time features; edge input: bonded one-hot + squared distance."""
 
     def __init__(self, n_elements: int, hidden: int = 128, layers: int = 12, time_features: int = 8,
-                 max_output_norm: float = 0.0):
+                 max_output_norm: float = 0.0, fast: bool = False):
         super().__init__()
         self.n_elements = n_elements
         self.max_output_norm = max_output_norm
         self.time_features = time_features
+        # fast: the dense per-molecule computation (adjoint_sampling.dense_egnn) of the same function
+        # with the same parameters; False: the edge-list reference path below
+        self.fast = fast
         node_in = n_elements + 1 + 2 * time_features
         self.embed = nn.Linear(node_in, hidden)
         self.edge_dim = 3  # bonded, not bonded, |x_i - x_j|^2 at input
@@ -80,6 +84,8 @@ class EGNNController(nn.Module):
 
     def forward(self, t: torch.Tensor, x: torch.Tensor, graphs: GraphBatch) -> torch.Tensor:
         """t: scalar or [N] times; x: [N, d] positions (Å). Returns v: [N, d], COM-free per molecule."""
+        if self.fast:
+            return dense_forward(self, t, x, graphs)
         n = x.shape[0]
         if t.dim() == 0 or t.numel() == 1:
             t = t.reshape(1).expand(n)
@@ -154,5 +160,6 @@ def build_controller(model_cfg, mode: str = "cartesian") -> nn.Module:
     egnn = EGNNController(
         n_elements=len(model_cfg.elements), hidden=model_cfg.hidden, layers=model_cfg.layers,
         time_features=model_cfg.time_features, max_output_norm=model_cfg.max_output_norm,
+        fast=getattr(model_cfg, "fast", False),
     )
     return GradientInformedController(egnn) if model_cfg.energy_gradient else egnn
