@@ -13,7 +13,7 @@ x_i − x_i is zero, so it adds nothing to the coordinate update, and its messag
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -67,6 +67,15 @@ def _mean_over_neighbours(pair: torch.Tensor, n: int, drop_diagonal: bool) -> to
     return total / max(n - 1, 1)
 
 
+def _edge_mlp(mlp: nn.Sequential, pre: torch.Tensor) -> torch.Tensor:
+    """phi_e = SiLU, Linear, SiLU on the [B, n, n, hidden] block. Without autograd (SDE steps) the
+    activations run in place: two fewer block-sized allocations per layer."""
+    if torch.is_grad_enabled():
+        return mlp(pre)
+    _, linear, _ = mlp
+    return F.silu(F.linear(F.silu(pre, inplace=True), linear.weight, linear.bias), inplace=True)
+
+
 def dense_layer(layer: "EGNNLayer", h: torch.Tensor, x: torch.Tensor, edge_in: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """EGNNLayer.forward on one block: h [B, n, hidden], x [B, n, 3] (Å), edge_in [B, n, n, 3] the
@@ -78,7 +87,7 @@ def dense_layer(layer: "EGNNLayer", h: torch.Tensor, x: torch.Tensor, edge_in: t
     pre = F.linear(torch.cat([d2, edge_in], dim=-1), layer.e_geo.weight)
     pre += layer.e_dst(h).unsqueeze(2)
     pre += layer.e_src(h).unsqueeze(1)
-    m = layer.phi_e(pre)
+    m = _edge_mlp(layer.phi_e, pre)
     # the diagonal's d² = 0 would give sqrt an infinite derivative (0·inf = NaN): lift it to 1 there
     dist = (d2 + torch.eye(n, dtype=d2.dtype, device=d2.device).unsqueeze(-1)).sqrt()
     shift = diff / (dist + 1.0) * layer.phi_x(m)
@@ -89,18 +98,21 @@ def dense_layer(layer: "EGNNLayer", h: torch.Tensor, x: torch.Tensor, edge_in: t
     return h, x
 
 
-def dense_block(model: "EGNNController", h: torch.Tensor, x: torch.Tensor, bonded: torch.Tensor) -> torch.Tensor:
-    """All layers on one block of same-size copies; returns the final positions [B, n, 3] (Å)."""
+def dense_block(model: "EGNNController", h: torch.Tensor, x: torch.Tensor, bonded: torch.Tensor,
+                layer_fn: Callable = dense_layer) -> torch.Tensor:
+    """All layers on one block of same-size copies; returns the final positions [B, n, 3] (Å).
+    layer_fn: dense_layer or a compiled version of it (scripts/bench_speed.py --compile)."""
     _, d2_in = _pair_geometry(x)
     bonded = bonded.unsqueeze(-1)
     edge_in = torch.cat([bonded, 1 - bonded, d2_in], dim=-1)
     x_l = x
     for layer in model.layers:
-        h, x_l = dense_layer(layer, h, x_l, edge_in)
+        h, x_l = layer_fn(layer, h, x_l, edge_in)
     return x_l
 
 
-def dense_forward(model: "EGNNController", t: torch.Tensor, x: torch.Tensor, graphs: GraphBatch) -> torch.Tensor:
+def dense_forward(model: "EGNNController", t: torch.Tensor, x: torch.Tensor, graphs: GraphBatch,
+                  layer_fn: Callable = dense_layer) -> torch.Tensor:
     """EGNNController.forward computed block by block (see module docstring). x [N, 3] Å -> v [N, 3]."""
     n = x.shape[0]
     if t.dim() == 0 or t.numel() == 1:
@@ -109,7 +121,7 @@ def dense_forward(model: "EGNNController", t: torch.Tensor, x: torch.Tensor, gra
     h0 = model.embed(torch.cat([onehot, model._time_features(t, n, x.dtype)], dim=-1))
     x_out = torch.empty_like(x)
     for idx in size_groups(graphs):
-        x_blk = dense_block(model, h0[idx], x[idx], dense_bonded(graphs, idx, x.dtype))
+        x_blk = dense_block(model, h0[idx], x[idx], dense_bonded(graphs, idx, x.dtype), layer_fn)
         x_out = x_out.index_put((idx.reshape(-1),), x_blk.reshape(-1, x.shape[1]))
     v = x_out - x
     if model.max_output_norm > 0:

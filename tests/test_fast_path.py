@@ -50,6 +50,8 @@ def test_forward_equals_reference_per_atom_times(dtype):
     v_ref = plain(t, x, graphs)
     assert v_ref.abs().max() > 1e-3  # not vacuous
     assert _close(fast(t, x, graphs), v_ref, dtype)
+    with torch.no_grad():  # the SDE's path (in-place activations)
+        assert _close(fast(t, x, graphs), v_ref, dtype)
     assert _close(fast(torch.tensor(0.3, dtype=dtype), x, graphs), plain(torch.tensor(0.3, dtype=dtype), x, graphs), dtype)
 
 

@@ -1,0 +1,277 @@
+"""Controller speed: the plain float32 reference path against the fast path (model.fast), side by side in
+one process, on SPICE test molecules.
+
+    python scripts/bench_speed.py                          # 16 molecules, 12 x 128 EGNN, 5 repeats
+    python scripts/bench_speed.py --molecules 4 --repeats 3 --sample-molecules 2 -n 4   # a quick look
+
+Workload. Molecules: ``read_molecule_list(<shared>/data/spice/spice_test.txt)`` (file order), then
+``bench_sampling.pick_molecules(entries, --molecules, --pick-seed)``: random.Random(seed 0) picks K
+indices, run in file order. Positions X_1: one ETKDGv3 conformer per molecule (randomSeed 1, Å),
+COM removed; adjoint targets ã: standard normal, COM-free (their values do not change the cost).
+  train step   one RAM step at batch --molecules (one copy of each molecule): bridge sample X_t,
+               forward, loss ‖v + ã‖², backward, Adam step (lr 1e-4).
+  SDE step     one controller evaluation v(t = 0.5, X_t) for 2 copies of each molecule (32 systems
+               at 16 molecules), no grad.
+EGNN: --layers x --hidden (default 12 x 128, the reference size), elements of the default vocabulary.
+Plain and fast are two EGNNControllers with the same parameters (the fast one loads the plain one's
+state dict); they run interleaved, plain then fast, after one untimed warm-up each. Reported: the
+median of --repeats wall times (time.perf_counter), the ratio plain/fast (> 1: fast is faster).
+Torsional controller: preset spice-cpu's size (3 blocks, 16 scalars, 4 vectors + 4 pseudovectors,
+radius 5 Å); train step on torsion angles (radians) in the torsion space, SDE step for the same 2
+copies. It has no fast path: its row reports the plain figures only.
+Memory: bytes of the tensors the train step saves for backward (autograd saved-tensor hooks, each
+storage counted once), per path, and the process's peak resident set (resource.getrusage) at the end.
+Sampling: conformers/s of ETKDGv3 and of the Cartesian sampler of preset quick-cartesian (4 x 64,
+untrained: speed does not depend on the weights) with plain and fast path, on the first
+--sample-molecules molecules, -n conformers each, the preset's eval NFE unless --nfe; plus the
+torsional sampler of spice-cpu. Uses bench_sampling's run_etkdg / run_sampler, timed the same way.
+Threads: --threads torch threads (default 1) and ETKDG numThreads.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rdkit import Chem
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sampling import SPICE_TEST, pick_molecules, run_etkdg, run_sampler  # noqa: E402
+
+from adjoint_sampling import dense_egnn  # noqa: E402
+from adjoint_sampling.config import DEFAULT_ELEMENTS, load_config  # noqa: E402
+from adjoint_sampling.controllers import EGNNController, build_controller  # noqa: E402
+from adjoint_sampling.graphs import collate, graph_from_smiles, read_molecule_list  # noqa: E402
+from adjoint_sampling.loss import ram_loss, sample_bridge  # noqa: E402
+from adjoint_sampling.sampling import Sampler  # noqa: E402
+from adjoint_sampling.schedules import GeometricSchedule  # noqa: E402
+from adjoint_sampling.shared_data import shared_dir  # noqa: E402
+from adjoint_sampling.spaces import TorsionSpace, remove_com  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--molecules", type=int, default=16, help="molecules K = training batch; SDE step on 2K systems [16]")
+    p.add_argument("--pick-seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per path (median) [5]")
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sample-molecules", type=int, default=4, help="molecules of the sampling run; 0 = skip it [4]")
+    p.add_argument("-n", type=int, default=8, help="conformers per molecule in the sampling run [8]")
+    p.add_argument("--nfe", type=int, default=None, help="sampling steps [each preset's sde.eval_nfe]")
+    p.add_argument("--skip-torsional", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the fast path with torch.compile(dense_layer, dynamic=True) (inductor C++)")
+    return p.parse_args(argv)
+
+
+def load_molecules(k: int, seed: int) -> list[tuple[str, str]]:
+    shared = shared_dir()
+    if shared is None or not (shared / SPICE_TEST).is_file():
+        sys.exit("bench_speed: <shared>/data/spice/spice_test.txt not found (set ADJOINT_SAMPLING_SHARED)")
+    return pick_molecules(read_molecule_list(shared / SPICE_TEST), k, seed)
+
+
+def etkdg_positions(graphs) -> torch.Tensor:
+    """One ETKDG conformer per copy, COM-free, as float32 [N, 3] (Å)."""
+    xs = [torch.as_tensor(run_etkdg(g.mol, 1, 0, 1)[1][0], dtype=torch.float32) for g in graphs.graphs]
+    return remove_com(torch.cat(xs), graphs.batch, graphs.num_graphs)
+
+
+def median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall seconds of each fn, run interleaved (one warm-up each first) so load drifts hit all alike."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def saved_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of distinct storages autograd saves for backward during fn()."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        try:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def train_step_fn(model, x1, target, graphs, schedule, space=None, measure_only=False):
+    """One RAM step (bridge sample, forward, loss, backward, Adam) with a fixed bridge seed."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def loss_only():
+        return ram_loss(model, x1, target, graphs, schedule, torch.Generator().manual_seed(0), space=space)
+
+    def step():
+        loss = loss_only()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, loss_only
+
+
+def sde_step_fn(model, xt, graphs, t):
+    def step():
+        with torch.no_grad():
+            return model(t, xt, graphs)
+    return step
+
+
+class CompiledDense(torch.nn.Module):
+    """The fast path of ``base`` with a torch.compile'd dense layer (same parameters, not a copy)."""
+
+    def __init__(self, base: EGNNController):
+        super().__init__()
+        self.base = base
+        self.layer_fn = torch.compile(dense_egnn.dense_layer, dynamic=True)
+
+    def forward(self, t, x, graphs):
+        return dense_egnn.dense_forward(self.base, t, x, graphs, self.layer_fn)
+
+
+def egnn_pair(layers: int, hidden: int) -> tuple[EGNNController, EGNNController]:
+    torch.manual_seed(0)
+    plain = EGNNController(len(DEFAULT_ELEMENTS), hidden=hidden, layers=layers, max_output_norm=300.0, fast=False)
+    fast = EGNNController(len(DEFAULT_ELEMENTS), hidden=hidden, layers=layers, max_output_norm=300.0, fast=True)
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast
+
+
+def bench_egnn(args, picked, schedule) -> list[dict]:
+    graphs = collate([graph_from_smiles(s, name=n) for s, n in picked], DEFAULT_ELEMENTS)
+    x1 = etkdg_positions(graphs)
+    target = remove_com(torch.randn(x1.shape, generator=torch.Generator().manual_seed(1)), graphs.batch, graphs.num_graphs)
+    graphs2 = collate(graphs.graphs * 2, DEFAULT_ELEMENTS)
+    t_sde = torch.tensor(0.5)
+    xt = sample_bridge(torch.cat([x1, x1]), graphs2, schedule, torch.Generator().manual_seed(2), t_min=0.5, t_max=0.5)[1]
+    plain, fast = egnn_pair(args.layers, args.hidden)
+    models = {"plain": plain, "fast": fast}
+    if args.compile:
+        models["compiled"] = compiled = CompiledDense(egnn_pair(args.layers, args.hidden)[1])
+        t0 = time.perf_counter()  # first calls compile (forward + backward graphs, then no-grad)
+        train_step_fn(compiled, x1, target, graphs, schedule)[0]()
+        sde_step_fn(compiled, xt, graphs2, t_sde)()
+        print(f"torch.compile: first train + SDE step {time.perf_counter() - t0:.1f} s", flush=True)
+    steps = {k: train_step_fn(m, x1, target, graphs, schedule) for k, m in models.items()}
+    mem = {k: saved_bytes(loss_only) for k, (_, loss_only) in steps.items()}
+    train = median_times({k: s for k, (s, _) in steps.items()}, args.repeats)
+    sde = median_times({k: sde_step_fn(m, xt, graphs2, t_sde) for k, m in models.items()}, args.repeats)
+    name = f"EGNN {args.layers}x{args.hidden}"
+    return [{"controller": name, "step": f"RAM train step, batch {graphs.num_graphs}", **train, "saved_MB": mem},
+            {"controller": name, "step": f"SDE step, {graphs2.num_graphs} systems, no grad", **sde}]
+
+
+def bench_torsional(args, picked, schedule_unused) -> list[dict]:
+    cfg = load_config("spice-cpu")
+    sampler = Sampler(cfg, torch.nn.Identity(), torch.device("cpu"))  # only for .graph(): torsions + seeds
+    mols = [g for g in (sampler.graph(s, name=n) for s, n in picked) if g.num_torsions > 0]
+    graphs = collate(mols, cfg.model.elements)
+    torch.manual_seed(0)
+    model = build_controller(cfg.model, "torsional")
+    space = TorsionSpace()
+    from adjoint_sampling.schedules import make_schedule
+    sched = make_schedule(cfg.sde.schedule, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.sigma)
+    gen = torch.Generator().manual_seed(3)
+    n_t = graphs.torsion.count
+    theta1 = (torch.rand(n_t, 1, generator=gen) * 2 - 1) * torch.pi
+    target = torch.randn(n_t, 1, generator=gen)
+    step, loss_only = train_step_fn(model, theta1, target, graphs, sched, space=space)
+    mem = saved_bytes(loss_only)
+    graphs2 = collate(mols * 2, cfg.model.elements)
+    theta2 = torch.cat([theta1, theta1])
+    times = median_times({"train": step, "sde": sde_step_fn(model, theta2, graphs2, torch.tensor(0.5))}, args.repeats)
+    name = f"torsional {cfg.model.layers} blocks, {cfg.model.hidden}s {cfg.model.vectors}v (no fast path)"
+    return [{"controller": name, "step": f"RAM train step, batch {graphs.num_graphs} ({n_t} torsions)",
+             "plain": times["train"], "fast": times["train"], "saved_MB": {"plain": mem, "fast": mem}},
+            {"controller": name, "step": f"SDE step, {graphs2.num_graphs} systems, no grad",
+             "plain": times["sde"], "fast": times["sde"]}]
+
+
+def bench_sampling_rate(args, picked) -> list[tuple[str, int, float, int]]:
+    """(generator, NFE, conformers/s, conformers) of ETKDG and the samplers on the first molecules."""
+    picked = picked[: args.sample_molecules]
+    gens = {}
+    for fast in (False, True):
+        cfg = load_config("quick-cartesian", [f"model.fast={str(fast).lower()}"])
+        torch.manual_seed(0)
+        gens[f"cartesian quick 4x64, {'fast' if fast else 'plain'}"] = Sampler(cfg, build_controller(cfg.model), torch.device("cpu"))
+    if not args.skip_torsional:
+        cfg = load_config("spice-cpu")
+        gens["torsional spice-cpu"] = Sampler(cfg, build_controller(cfg.model, "torsional"), torch.device("cpu"))
+    for s in gens.values():  # warm-up
+        s.sample_graph(s.graph(picked[0][0]), 2, nfe=2)
+    totals = {k: [0.0, 0] for k in ["etkdg", *gens]}
+    for smiles, name in picked:
+        dt, coords = run_etkdg(Chem.AddHs(Chem.MolFromSmiles(smiles)), args.n, 0, args.threads)
+        totals["etkdg"][0] += dt
+        totals["etkdg"][1] += len(coords)
+        for k, s in gens.items():
+            g_s, s_s, _, coords = run_sampler(s, smiles, name, args.n, 0, args.nfe)
+            totals[k][0] += g_s + s_s
+            totals[k][1] += len(coords)
+    nfe = {k: (args.nfe or s.cfg.sde.eval_nfe) for k, s in gens.items()}
+    return [(k, nfe.get(k, 0), c / sec, c) for k, (sec, c) in totals.items()]
+
+
+def print_tables(rows: list[dict], rates) -> None:
+    compiled = any("compiled" in r for r in rows)
+    extra_h, extra_s = (" compiled ms | plain / compiled |", "---:|---:|") if compiled else ("", "")
+    print(f"\n| controller | step | plain ms | fast ms | plain / fast |{extra_h} saved for backward, plain / fast MB |")
+    print(f"|---|---|---:|---:|---:|{extra_s}---:|")
+    for r in rows:
+        mem = r.get("saved_MB")
+        mem_s = f"{mem['plain'] / 2**20:.0f} / {mem['fast'] / 2**20:.0f}" if mem else "-"
+        extra = ""
+        if compiled:
+            extra = f" {r['compiled'] * 1e3:.0f} | {r['plain'] / r['compiled']:.2f}x |" if "compiled" in r else " - | - |"
+        print(f"| {r['controller']} | {r['step']} | {r['plain'] * 1e3:.0f} | {r['fast'] * 1e3:.0f} | "
+              f"{r['plain'] / r['fast']:.2f}x |{extra} {mem_s} |")
+    if rates:
+        etkdg = rates[0][2]
+        print("\n| generator | NFE | conformers | conformers/s | / ETKDG |")
+        print("|---|---:|---:|---:|---:|")
+        for k, nfe, rate, c in rates:
+            print(f"| {k} | {nfe or '-'} | {c} | {rate:.3f} | {rate / etkdg:.4f} |")
+    print(f"\npeak resident set of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    picked = load_molecules(args.molecules, args.pick_seed)
+    atoms = [Chem.AddHs(Chem.MolFromSmiles(s)).GetNumAtoms() for s, _ in picked]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {len(picked)} molecules "
+          f"(pick seed {args.pick_seed}), {sum(atoms) / len(atoms):.1f} atoms on average: "
+          + " ".join(n for _, n in picked), flush=True)
+    schedule = GeometricSchedule()
+    rows = bench_egnn(args, picked, schedule)
+    print(f"EGNN done: {[(r['step'], round(r['plain'] / r['fast'], 2)) for r in rows]}", flush=True)
+    if not args.skip_torsional:
+        rows += bench_torsional(args, picked, schedule)
+    rates = bench_sampling_rate(args, picked) if args.sample_molecules > 0 else []
+    print_tables(rows, rates)
+
+
+if __name__ == "__main__":
+    main()
