@@ -169,3 +169,23 @@ def test_init_from_starts_adjoint_sampling_from_a_pretrained_model_and_refuses_a
                  "--init-from", str(pretrained)]) == 2
     assert "torsional model" in capsys.readouterr().err
     assert not (tmp_path / "cart").exists()
+
+
+def test_cartesian_warm_start_stores_centred_etkdg_conformers(tmp_path):
+    """Cartesian mode: the warm-start buffer holds ETKDG geometries (bond lengths of a real molecule),
+    centred, with no energies."""
+    from adjoint_sampling.checkpoint import load_checkpoint
+    from adjoint_sampling.cli import main
+    from adjoint_sampling.trainer import PRETRAINED_NAME
+
+    run = tmp_path / "cart"
+    assert main(["train", "--preset", "tiny", "--run-dir", str(run), "--no-progress", "sample.n=0",
+                 "train.pretrain_epochs=2", "train.epochs=1"]) == 0
+    buf = load_checkpoint(run / PRETRAINED_NAME)["buffers"][0]
+    assert bool(torch.isnan(buf["energy"]).all()) and float(buf["grad_energy"].abs().max()) == 0.0
+    g = graph_from_smiles(buf["keys"][0])
+    x = torch.split(buf["x1"], buf["sizes"].tolist())[0].double()
+    assert x.shape == (g.num_atoms, 3) and float(x.mean(0).abs().max()) < 1e-5
+    i, j = g.bonds
+    lengths = (x[i] - x[j]).norm(dim=-1)
+    assert 0.9 < float(lengths.min()) and float(lengths.max()) < 1.6  # C–H ≈ 1.09 Å … C–C/C–O ≈ 1.4–1.55 Å
