@@ -156,9 +156,14 @@ class Trainer:
         picks = torch.randint(len(self.molecules), (n_mol,), generator=generator or self.gen).tolist()
         return [i for i in picks for _ in range(dup)]
 
+    @property
+    def _multi_seed(self) -> bool:
+        """Whether copies choose among several seed conformers (torsional mode, torsion.seeds > 1)."""
+        return self.cfg.mode == "torsional" and self.cfg.torsion.seeds > 1
+
     def _seed_indices(self, mol_indices: list[int], generator: Optional[torch.Generator] = None) -> Optional[list]:
         """Torsional mode: a random seed conformer per copy (None in Cartesian mode or with one seed each)."""
-        if self.cfg.mode != "torsional" or self.cfg.torsion.seeds <= 1:
+        if not self._multi_seed:
             return None
         draws = torch.randint(1 << 30, (len(mol_indices),), generator=generator or self.gen).tolist()
         return [d % len(self.molecules[m].seeds) for d, m in zip(draws, mol_indices)]
@@ -248,11 +253,11 @@ class Trainer:
                 n_failed += len(group)
                 continue
             kept += group
-            coords += [c for c in conformers.to(torch.float32)]
+            coords += list(conformers.to(torch.float32))
         self.total_failed += n_failed
         if kept:
             idx = [mol_idx[i] for i in kept]
-            graphs = self.batch_of(idx, [seeds[i] for i in kept] if self._seed_indices([0]) is not None else None)
+            graphs = self.batch_of(idx, [seeds[i] for i in kept] if self._multi_seed else None)
             x1 = self.space.state_of(torch.cat(coords).to(self.device), graphs).to(torch.float32)
             for i, (m, x) in enumerate(zip(idx, self.space.split(x1.cpu(), graphs))):
                 g, zero = self.molecules[m], torch.zeros_like(x)
@@ -285,11 +290,14 @@ class Trainer:
     def minibatch(self, k: int) -> tuple[GraphBatch, torch.Tensor, torch.Tensor]:
         return self._with_targets(self.buffer.sample(k, self.gen))
 
+    def _entries_batch(self, entries: list[BufferEntry]) -> tuple[GraphBatch, torch.Tensor]:
+        """Buffer entries as (graphs on their seed conformers, X_1 [R, d]) on the training device."""
+        graphs = self.batch_of([e.mol_index for e in entries], [e.seed for e in entries] if self._multi_seed else None)
+        return graphs, torch.cat([e.x1 for e in entries]).to(self.device)
+
     def _with_targets(self, entries: list[BufferEntry]) -> tuple[GraphBatch, torch.Tensor, torch.Tensor]:
         """Buffer entries as (graphs, X_1 [R, d], adjoint target ã [R, d]) on the training device."""
-        seeds = [e.seed for e in entries] if self._seed_indices([0]) is not None else None
-        graphs = self.batch_of([e.mol_index for e in entries], seeds)
-        x1 = torch.cat([e.x1 for e in entries]).to(self.device)
+        graphs, x1 = self._entries_batch(entries)
         grad_e = torch.cat([e.grad_energy for e in entries]).to(self.device)
         grad_r = torch.cat([e.grad_reg for e in entries]).to(self.device)
         lc = self.cfg.loss
@@ -334,10 +342,7 @@ class Trainer:
             if posterior:
                 loss = self._posterior_loss(bank_x1, bank_a, permute)
             elif self.in_pretrain:
-                entries = self.buffer.sample(self.cfg.train.batch_size, self.gen)
-                seeds = [e.seed for e in entries] if self._seed_indices([0]) is not None else None
-                graphs = self.batch_of([e.mol_index for e in entries], seeds)
-                x1 = torch.cat([e.x1 for e in entries]).to(self.device)
+                graphs, x1 = self._entries_batch(self.buffer.sample(self.cfg.train.batch_size, self.gen))
                 loss = bridge_matching_loss(self.ddp_model, x1, graphs, self.schedule, self.gen, space=self.space,
                                             times=self.cfg.loss.times)
             else:
