@@ -43,6 +43,9 @@ class ModelConfig:
     # EGNN only: evaluate on dense per-molecule blocks (adjoint_sampling.dense_egnn), the same function
     # and parameters as the edge-list reference path (false), faster on CPU (README "Speed")
     fast: bool = True
+    # EGNN fast path only: dtype of the per-pair hidden x hidden matmuls. "float32" is exact;
+    # "bfloat16" rounds their operands (mixed precision; README "Speed" has its speed and error)
+    pair_matmul_dtype: str = "float32"
 
 
 @dataclass
@@ -165,6 +168,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key 'loss.times' must be uniform or variance, got {cfg.loss.times!r}")
     if cfg.sde.grid not in ("uniform", "quadratic-linear", "variance"):
         raise ConfigError(f"config key 'sde.grid' must be uniform, quadratic-linear or variance, got {cfg.sde.grid!r}")
+    if cfg.model.pair_matmul_dtype not in ("float32", "bfloat16"):
+        raise ConfigError("config key 'model.pair_matmul_dtype' must be float32 or bfloat16, "
+                          f"got {cfg.model.pair_matmul_dtype!r}")
+    if cfg.model.pair_matmul_dtype != "float32" and not cfg.model.fast:
+        raise ConfigError("config key 'model.pair_matmul_dtype' = bfloat16 needs model.fast=true")
     if cfg.mode not in ("cartesian", "torsional"):
         raise ConfigError(f"config key 'mode' must be cartesian or torsional, got {cfg.mode!r}")
     need(0 < cfg.train.lr_final_frac <= 1, "train.lr_final_frac", cfg.train.lr_final_frac, "in (0, 1]")

@@ -26,11 +26,8 @@ untrained: speed does not depend on the weights) with plain and fast path, on th
 --sample-molecules molecules, -n conformers each, the preset's eval NFE unless --nfe; plus the
 torsional sampler of spice-cpu. Uses bench_sampling's run_etkdg / run_sampler, timed the same way.
 Threads: --threads torch threads (default 1) and ETKDG numThreads.
---compile (experimental, not used by model.fast): a third column with torch.compile(dense_layer,
-dynamic=True). Measured here (torch 2.13, CPU): ~110 s of compilation before the first step, dynamo
-recompiles per layer module and hits its recompile limit (8) at 12 layers, the no-grad output
-disagreed with the reference (relative 2.5e+01, printed on every run) and the steps were no faster
-than the eager fast path.
+torch.compile was tried on the tile function of the no-grad path (inductor, dynamic shapes, torch 2.13):
+32 s of compilation, output equal to 2e-5, the SDE step 7 % faster than eager; not used.
 """
 from __future__ import annotations
 
@@ -48,7 +45,6 @@ from rdkit import Chem
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sampling import SPICE_TEST, pick_molecules, run_etkdg, run_sampler  # noqa: E402
 
-from adjoint_sampling import dense_egnn  # noqa: E402
 from adjoint_sampling.config import DEFAULT_ELEMENTS, load_config  # noqa: E402
 from adjoint_sampling.controllers import EGNNController, build_controller  # noqa: E402
 from adjoint_sampling.graphs import collate, graph_from_smiles, read_molecule_list  # noqa: E402
@@ -71,8 +67,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-n", type=int, default=8, help="conformers per molecule in the sampling run [8]")
     p.add_argument("--nfe", type=int, default=None, help="sampling steps [each preset's sde.eval_nfe]")
     p.add_argument("--skip-torsional", action="store_true")
-    p.add_argument("--compile", action="store_true",
-                   help="also time the fast path with torch.compile(dense_layer, dynamic=True) (inductor C++)")
     return p.parse_args(argv)
 
 
@@ -143,24 +137,16 @@ def sde_step_fn(model, xt, graphs, t):
     return step
 
 
-class CompiledDense(torch.nn.Module):
-    """The fast path of ``base`` with a torch.compile'd dense layer (same parameters, not a copy)."""
-
-    def __init__(self, base: EGNNController):
-        super().__init__()
-        self.base = base
-        self.layer_fn = torch.compile(dense_egnn.dense_layer, dynamic=True)
-
-    def forward(self, t, x, graphs):
-        return dense_egnn.dense_forward(self.base, t, x, graphs, self.layer_fn)
-
-
-def egnn_pair(layers: int, hidden: int) -> tuple[EGNNController, EGNNController]:
+def egnn_models(layers: int, hidden: int) -> dict[str, EGNNController]:
+    """plain (edge-list float32 reference), fast (tiled, float32) and fast bf16 (tiled, bfloat16 pair
+    matmuls): the same parameters."""
     torch.manual_seed(0)
-    plain = EGNNController(len(DEFAULT_ELEMENTS), hidden=hidden, layers=layers, max_output_norm=300.0, fast=False)
-    fast = EGNNController(len(DEFAULT_ELEMENTS), hidden=hidden, layers=layers, max_output_norm=300.0, fast=True)
-    fast.load_state_dict(plain.state_dict())
-    return plain, fast
+    kw = dict(n_elements=len(DEFAULT_ELEMENTS), hidden=hidden, layers=layers, max_output_norm=300.0)
+    models = {"plain": EGNNController(**kw, fast=False), "fast": EGNNController(**kw, fast=True),
+              "fast bf16": EGNNController(**kw, fast=True, pair_matmul_dtype="bfloat16")}
+    for m in models.values():
+        m.load_state_dict(models["plain"].state_dict())
+    return models
 
 
 def bench_egnn(args, picked, schedule) -> list[dict]:
@@ -170,14 +156,8 @@ def bench_egnn(args, picked, schedule) -> list[dict]:
     graphs2 = collate(graphs.graphs * 2, DEFAULT_ELEMENTS)
     t_sde = torch.tensor(0.5)
     xt = sample_bridge(torch.cat([x1, x1]), graphs2, schedule, torch.Generator().manual_seed(2), t_min=0.5, t_max=0.5)[1]
-    plain, fast = egnn_pair(args.layers, args.hidden)
-    models = {"plain": plain, "fast": fast}
-    if args.compile:
-        models["compiled"] = compiled = CompiledDense(egnn_pair(args.layers, args.hidden)[1])
-        t0 = time.perf_counter()  # first calls compile (forward + backward graphs, then no-grad)
-        train_step_fn(compiled, x1, target, graphs, schedule)[0]()
-        sde_step_fn(compiled, xt, graphs2, t_sde)()
-        print(f"torch.compile: first train + SDE step {time.perf_counter() - t0:.1f} s", flush=True)
+    models = egnn_models(args.layers, args.hidden)
+    plain = models["plain"]
     with torch.no_grad():  # agreement at this size (the CI test checks it at a small one)
         v_ref = plain(t_sde, xt, graphs2)
         for k, m in models.items():
@@ -185,6 +165,16 @@ def bench_egnn(args, picked, schedule) -> list[dict]:
                 rel = ((m(t_sde, xt, graphs2) - v_ref).abs().max() / v_ref.abs().max()).item()
                 print(f"{k}: max |v - v_plain| / max |v_plain| = {rel:.1e} (SDE step input)", flush=True)
     steps = {k: train_step_fn(m, x1, target, graphs, schedule) for k, m in models.items()}
+    ref = None
+    for k, (_, loss_only) in steps.items():  # loss and gradients of one training step, against plain
+        loss = loss_only()
+        grads = torch.autograd.grad(loss, list(models[k].parameters()))
+        if ref is None:
+            ref = (loss.item(), grads)
+            continue
+        g_rel = max(((g - g0).norm() / g0.norm().clamp_min(1e-30)).item() for g, g0 in zip(grads, ref[1]))
+        print(f"{k}: |loss - loss_plain| / loss_plain = {abs(loss.item() - ref[0]) / ref[0]:.1e}, "
+              f"max over parameters of |grad - grad_plain| / |grad_plain| = {g_rel:.1e}", flush=True)
     mem = {k: saved_bytes(loss_only) for k, (_, loss_only) in steps.items()}
     train = median_times({k: s for k, (s, _) in steps.items()}, args.repeats)
     sde = median_times({k: sde_step_fn(m, xt, graphs2, t_sde) for k, m in models.items()}, args.repeats)
@@ -214,9 +204,8 @@ def bench_torsional(args, picked, schedule_unused) -> list[dict]:
     times = median_times({"train": step, "sde": sde_step_fn(model, theta2, graphs2, torch.tensor(0.5))}, args.repeats)
     name = f"torsional {cfg.model.layers} blocks, {cfg.model.hidden}s {cfg.model.vectors}v (no fast path)"
     return [{"controller": name, "step": f"RAM train step, batch {graphs.num_graphs} ({n_t} torsions)",
-             "plain": times["train"], "fast": times["train"], "saved_MB": {"plain": mem, "fast": mem}},
-            {"controller": name, "step": f"SDE step, {graphs2.num_graphs} systems, no grad",
-             "plain": times["sde"], "fast": times["sde"]}]
+             "plain": times["train"], "saved_MB": {"plain": mem}},
+            {"controller": name, "step": f"SDE step, {graphs2.num_graphs} systems, no grad", "plain": times["sde"]}]
 
 
 def bench_sampling_rate(args, picked) -> list[tuple[str, int, float, int]]:
@@ -246,18 +235,17 @@ def bench_sampling_rate(args, picked) -> list[tuple[str, int, float, int]]:
 
 
 def print_tables(rows: list[dict], rates) -> None:
-    compiled = any("compiled" in r for r in rows)
-    extra_h, extra_s = (" compiled ms | plain / compiled |", "---:|---:|") if compiled else ("", "")
-    print(f"\n| controller | step | plain ms | fast ms | plain / fast |{extra_h} saved for backward, plain / fast MB |")
-    print(f"|---|---|---:|---:|---:|{extra_s}---:|")
+    paths = ["plain", "fast", "fast bf16"]
+    print("\n| controller | step | " + " | ".join(f"{p} ms" for p in paths) + " | "
+          + " | ".join(f"plain / {p}" for p in paths[1:]) + " | saved for backward, MB (" + " / ".join(paths) + ") |")
+    print("|---|---|" + "---:|" * (2 * len(paths) - 1) + "---:|")
     for r in rows:
+        have = [p for p in paths if p in r]
+        ms = " | ".join(f"{r[p] * 1e3:.0f}" if p in r else "-" for p in paths)
+        ratio = " | ".join(f"{r['plain'] / r[p]:.2f}x" if p in r else "-" for p in paths[1:])
         mem = r.get("saved_MB")
-        mem_s = f"{mem['plain'] / 2**20:.0f} / {mem['fast'] / 2**20:.0f}" if mem else "-"
-        extra = ""
-        if compiled:
-            extra = f" {r['compiled'] * 1e3:.0f} | {r['plain'] / r['compiled']:.2f}x |" if "compiled" in r else " - | - |"
-        print(f"| {r['controller']} | {r['step']} | {r['plain'] * 1e3:.0f} | {r['fast'] * 1e3:.0f} | "
-              f"{r['plain'] / r['fast']:.2f}x |{extra} {mem_s} |")
+        mem_s = " / ".join(f"{mem[p] / 2**20:.0f}" for p in have) if mem else "-"
+        print(f"| {r['controller']} | {r['step']} | {ms} | {ratio} | {mem_s} |")
     if rates:
         etkdg = rates[0][2]
         print("\n| generator | NFE | conformers | conformers/s | / ETKDG |")
@@ -277,7 +265,8 @@ def main(argv=None) -> None:
           + " ".join(n for _, n in picked), flush=True)
     schedule = GeometricSchedule()
     rows = bench_egnn(args, picked, schedule)
-    print(f"EGNN done: {[(r['step'], round(r['plain'] / r['fast'], 2)) for r in rows]}", flush=True)
+    print(f"EGNN done: {[(r['step'], round(r['plain'] / r['fast'], 2), round(r['plain'] / r['fast bf16'], 2)) for r in rows]}",
+          flush=True)
     if not args.skip_torsional:
         rows += bench_torsional(args, picked, schedule)
     rates = bench_sampling_rate(args, picked) if args.sample_molecules > 0 else []
