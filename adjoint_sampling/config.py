@@ -46,6 +46,9 @@ class ModelConfig:
     # EGNN fast path only: dtype of the per-pair hidden x hidden matmuls. "float32" is exact;
     # "bfloat16" rounds their operands (mixed precision; README "Speed" has its speed and error)
     pair_matmul_dtype: str = "float32"
+    # torsional controller only: torch.compile its interaction blocks (needs a C++ compiler; about a
+    # minute of compilation per process, then faster steps: README "Speed"). Worth it for training runs
+    compile: bool = False
 
 
 @dataclass
@@ -173,6 +176,8 @@ def validate(cfg: Config) -> Config:
                           f"got {cfg.model.pair_matmul_dtype!r}")
     if cfg.model.pair_matmul_dtype != "float32" and not cfg.model.fast:
         raise ConfigError("config key 'model.pair_matmul_dtype' = bfloat16 needs model.fast=true")
+    if cfg.model.compile and cfg.mode != "torsional":
+        raise ConfigError("config key 'model.compile' is a torsional option (the EGNN's fast path is model.fast)")
     if cfg.mode not in ("cartesian", "torsional"):
         raise ConfigError(f"config key 'mode' must be cartesian or torsional, got {cfg.mode!r}")
     need(0 < cfg.train.lr_final_frac <= 1, "train.lr_final_frac", cfg.train.lr_final_frac, "in (0, 1]")

@@ -162,7 +162,7 @@ def build_controller(model_cfg, mode: str = "cartesian") -> nn.Module:
         return TorsionController(
             n_elements=len(model_cfg.elements), scalars=model_cfg.hidden, vectors=model_cfg.vectors,
             layers=model_cfg.layers, radius=model_cfg.radius, time_features=model_cfg.time_features,
-            max_output_norm=model_cfg.max_output_norm,
+            max_output_norm=model_cfg.max_output_norm, compile_blocks=getattr(model_cfg, "compile", False),
         )
     egnn = EGNNController(
         n_elements=len(model_cfg.elements), hidden=model_cfg.hidden, layers=model_cfg.layers,

@@ -22,6 +22,17 @@ from adjoint_sampling.graphs import GraphBatch
 from adjoint_sampling.torsions import set_torsions
 
 
+def require_cpp_compiler() -> None:
+    """torch.compile's CPU backend writes and builds C++: fail with a clear message when no compiler is found."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as err:  # inductor raises InvalidCxxCompiler; any failure here means the same
+        raise RuntimeError("model.compile=true needs a C++ compiler (g++ or clang++ on PATH, or $CXX) for "
+                           "torch.compile; install one or set model.compile=false") from err
+
+
 class EquivariantConv(nn.Module):
     """One interaction block: depthwise tensor product of neighbour features with the edge's spherical
     harmonics, weighted by an MLP of the distance (and bonded flag), mean-aggregated, gated, residual."""
@@ -56,12 +67,19 @@ class EquivariantConv(nn.Module):
         return self.skip(h) + self.gate(self.linear(agg))
 
 
+def run_blocks(blocks: nn.ModuleList, h, sh, edge_feat, src, dst, n: int) -> torch.Tensor:
+    """The interaction blocks in turn on atom features h."""
+    for block in blocks:
+        h = block(h, sh, edge_feat, src, dst, n)
+    return h
+
+
 class TorsionController(nn.Module):
     """v(t, x(θ)) per rotatable bond [T, 1]; see module docstring. Sizes: ``scalars`` 0e and ``vectors``
     1o + 1e channels per atom, ``layers`` interaction blocks, neighbours within ``radius`` Å (and bonds)."""
 
     def __init__(self, n_elements: int, scalars: int = 32, vectors: int = 8, layers: int = 3, radius: float = 5.0,
-                 time_features: int = 8, n_basis: int = 8, max_output_norm: float = 0.0):
+                 time_features: int = 8, n_basis: int = 8, max_output_norm: float = 0.0, compile_blocks: bool = False):
         super().__init__()
         if layers < 1 or scalars < 1 or vectors < 1:
             raise ValueError(f"torsion controller needs layers, hidden and vectors >= 1, got {layers}, {scalars}, {vectors}")
@@ -79,6 +97,22 @@ class TorsionController(nn.Module):
             irreps = blocks[-1].gate.irreps_out
         self.blocks = nn.ModuleList(blocks)
         self.head = o3.FullyConnectedTensorProduct(irreps + irreps, self.irreps_sh, o3.Irreps("1x0o"))
+        # compile_blocks: run the blocks through torch.compile (inductor fuses the tensor products'
+        # elementwise work into generated C++); built at the first call, not part of the state dict
+        self.compile_blocks = compile_blocks
+        self._compiled = None
+
+    def _run_blocks(self, h, sh, edge_feat, src, dst, n: int) -> torch.Tensor:
+        """All interaction blocks, eager or compiled. Compiled, they are one graph (one dynamo frame:
+        per-block frames would exceed dynamo's recompile limit of 8 beyond 3 blocks with and without
+        grad); dynamic, because atom and edge counts change with every batch and radius graph. The
+        compiled function reads the modules' parameters, so .to(), load_state_dict and optimisers act on it."""
+        if not self.compile_blocks:
+            return run_blocks(self.blocks, h, sh, edge_feat, src, dst, n)
+        if self._compiled is None:
+            require_cpp_compiler()
+            self._compiled = torch.compile(run_blocks, dynamic=True)
+        return self._compiled(self.blocks, h, sh, edge_feat, src, dst, n)
 
     def _node_times(self, t: torch.Tensor, graphs: GraphBatch, dtype) -> torch.Tensor:
         """Per-atom time from a scalar or per-torsion-row t (all rows of a copy share one time)."""
@@ -113,8 +147,7 @@ class TorsionController(nn.Module):
         sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
         basis = soft_one_hot_linspace(dist, 0.0, self.radius, self.n_basis, basis="smooth_finite", cutoff=True)
         edge_feat = torch.cat([basis * math.sqrt(self.n_basis), graphs.bonded[keep].to(dtype).unsqueeze(-1)], dim=-1)
-        for block in self.blocks:
-            h = block(h, sh, edge_feat, src, dst, graphs.num_atoms)
+        h = self._run_blocks(h, sh, edge_feat, src, dst, graphs.num_atoms)
         b, c = tb.atoms[:, 1], tb.atoms[:, 2]
         bond_sh = o3.spherical_harmonics(self.irreps_sh, pos[c] - pos[b], normalize=True, normalization="component")
         v = self.head(torch.cat([h[b], h[c]], dim=-1), bond_sh)

@@ -45,6 +45,7 @@ from rdkit import Chem
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sampling import SPICE_TEST, pick_molecules, run_etkdg, run_sampler  # noqa: E402
 
+from adjoint_sampling import dense_egnn  # noqa: E402
 from adjoint_sampling.config import DEFAULT_ELEMENTS, load_config  # noqa: E402
 from adjoint_sampling.controllers import EGNNController, build_controller  # noqa: E402
 from adjoint_sampling.graphs import collate, graph_from_smiles, read_molecule_list  # noqa: E402
@@ -149,6 +150,27 @@ def egnn_models(layers: int, hidden: int) -> dict[str, EGNNController]:
     return models
 
 
+def matmul_rate(rows: int, hidden: int, dtype: torch.dtype, repeats: int = 20) -> float:
+    """FLOP/s of one [rows, hidden] x [hidden, hidden] product (the per-pair matmul of a tile)."""
+    a, w = torch.randn(rows, hidden).to(dtype), torch.randn(hidden, hidden).to(dtype)
+    t = median_times({"mm": lambda: a @ w}, repeats)["mm"]
+    return 2 * rows * hidden * hidden / t
+
+
+def matmul_floor(graphs, graphs2, layers: int, hidden: int) -> None:
+    """Prints the time the per-pair hidden x hidden matmuls alone take at this process's measured
+    rate: two per pair and layer forward, four more backward; pairs = sum of n² over copies. No
+    exact fast path can beat it, so plain / floor bounds the ratio any float32 path can reach."""
+    rates = {d: matmul_rate(dense_egnn.PAIR_TILE, hidden, d) for d in (torch.float32, torch.bfloat16)}
+    per = 2 * hidden * hidden * layers
+    for label, g, products in (("train step", graphs, 6), ("SDE step", graphs2, 2)):
+        flop = sum(x.num_atoms ** 2 for x in g.graphs) * per * products
+        print(f"per-pair matmuls of the {label}: {flop / 1e9:.1f} GFLOP = {flop / rates[torch.float32] * 1e3:.0f} ms "
+              f"at the float32 rate {rates[torch.float32] / 1e9:.0f} GFLOP/s, {flop / rates[torch.bfloat16] * 1e3:.0f} ms "
+              f"at the bfloat16 rate {rates[torch.bfloat16] / 1e9:.0f} GFLOP/s ([{dense_egnn.PAIR_TILE}, {hidden}] x "
+              f"[{hidden}, {hidden}])", flush=True)
+
+
 def bench_egnn(args, picked, schedule) -> list[dict]:
     graphs = collate([graph_from_smiles(s, name=n) for s, n in picked], DEFAULT_ELEMENTS)
     x1 = etkdg_positions(graphs)
@@ -158,6 +180,7 @@ def bench_egnn(args, picked, schedule) -> list[dict]:
     xt = sample_bridge(torch.cat([x1, x1]), graphs2, schedule, torch.Generator().manual_seed(2), t_min=0.5, t_max=0.5)[1]
     models = egnn_models(args.layers, args.hidden)
     plain = models["plain"]
+    matmul_floor(graphs, graphs2, args.layers, args.hidden)
     with torch.no_grad():  # agreement at this size (the CI test checks it at a small one)
         v_ref = plain(t_sde, xt, graphs2)
         for k, m in models.items():
@@ -190,6 +213,8 @@ def bench_torsional(args, picked, schedule_unused) -> list[dict]:
     graphs = collate(mols, cfg.model.elements)
     torch.manual_seed(0)
     model = build_controller(cfg.model, "torsional")
+    compiled = build_controller(load_config("spice-cpu", ["model.compile=true"]).model, "torsional")
+    compiled.load_state_dict(model.state_dict())
     space = TorsionSpace()
     from adjoint_sampling.schedules import make_schedule
     sched = make_schedule(cfg.sde.schedule, cfg.sde.sigma_min, cfg.sde.sigma_max, cfg.sde.sigma)
@@ -197,15 +222,26 @@ def bench_torsional(args, picked, schedule_unused) -> list[dict]:
     n_t = graphs.torsion.count
     theta1 = (torch.rand(n_t, 1, generator=gen) * 2 - 1) * torch.pi
     target = torch.randn(n_t, 1, generator=gen)
-    step, loss_only = train_step_fn(model, theta1, target, graphs, sched, space=space)
-    mem = saved_bytes(loss_only)
     graphs2 = collate(mols * 2, cfg.model.elements)
     theta2 = torch.cat([theta1, theta1])
-    times = median_times({"train": step, "sde": sde_step_fn(model, theta2, graphs2, torch.tensor(0.5))}, args.repeats)
-    name = f"torsional {cfg.model.layers} blocks, {cfg.model.hidden}s {cfg.model.vectors}v (no fast path)"
-    return [{"controller": name, "step": f"RAM train step, batch {graphs.num_graphs} ({n_t} torsions)",
-             "plain": times["train"], "saved_MB": {"plain": mem}},
-            {"controller": name, "step": f"SDE step, {graphs2.num_graphs} systems, no grad", "plain": times["sde"]}]
+    train, sde, mem = {}, {}, {}
+    for k, m in (("plain", model), ("fast", compiled)):
+        train[k], loss_only = train_step_fn(m, theta1, target, graphs, sched, space=space)
+        sde[k] = sde_step_fn(m, theta2, graphs2, torch.tensor(0.5))
+        mem[k] = saved_bytes(loss_only)
+    t0 = time.perf_counter()  # the compiled model's first calls compile (no grad, then with grad)
+    v_fast = sde["fast"]()
+    train["fast"]()
+    print(f"torsional, model.compile: first SDE + train step {time.perf_counter() - t0:.0f} s (compilation)", flush=True)
+    v_ref = sde["plain"]()
+    print(f"torsional compiled: max |v - v_plain| / max |v_plain| = "
+          f"{((v_fast - v_ref).abs().max() / v_ref.abs().max()).item():.1e} (SDE step input)", flush=True)
+    compiled.load_state_dict(model.state_dict())  # the Adam step above moved it
+    tt = median_times(train, args.repeats)
+    ts = median_times(sde, args.repeats)
+    name = f"torsional {cfg.model.layers} blocks, {cfg.model.hidden}s {cfg.model.vectors}v (fast: model.compile)"
+    return [{"controller": name, "step": f"RAM train step, batch {graphs.num_graphs} ({n_t} torsions)", **tt, "saved_MB": mem},
+            {"controller": name, "step": f"SDE step, {graphs2.num_graphs} systems, no grad", **ts}]
 
 
 def bench_sampling_rate(args, picked) -> list[tuple[str, int, float, int]]:
@@ -217,10 +253,15 @@ def bench_sampling_rate(args, picked) -> list[tuple[str, int, float, int]]:
         torch.manual_seed(0)
         gens[f"cartesian quick 4x64, {'fast' if fast else 'plain'}"] = Sampler(cfg, build_controller(cfg.model), torch.device("cpu"))
     if not args.skip_torsional:
-        cfg = load_config("spice-cpu")
-        gens["torsional spice-cpu"] = Sampler(cfg, build_controller(cfg.model, "torsional"), torch.device("cpu"))
-    for s in gens.values():  # warm-up
+        for compile_ in (False, True):
+            cfg = load_config("spice-cpu", [f"model.compile={str(compile_).lower()}"])
+            torch.manual_seed(0)
+            gens[f"torsional spice-cpu{', compiled' if compile_ else ''}"] = Sampler(
+                cfg, build_controller(cfg.model, "torsional"), torch.device("cpu"))
+    for k, s in gens.items():  # warm-up (the compiled sampler compiles here)
+        t0 = time.perf_counter()
         s.sample_graph(s.graph(picked[0][0]), 2, nfe=2)
+        print(f"{k}: warm-up {time.perf_counter() - t0:.1f} s", flush=True)
     totals = {k: [0.0, 0] for k in ["etkdg", *gens]}
     for smiles, name in picked:
         dt, coords = run_etkdg(Chem.AddHs(Chem.MolFromSmiles(smiles)), args.n, 0, args.threads)
