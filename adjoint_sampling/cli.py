@@ -176,8 +176,9 @@ def _prepare_run_dir(run_dir: Path, resumed: Optional[tuple], ctx):
 
 
 # keys a resume may change: how long and how the run goes on, not what it trains
+# model.fast and model.compile change how the controller is computed, not the function it computes
 RESUME_OVERRIDABLE = ("train.epochs", "train.max_minutes", "train.max_cpu_minutes", "train.eval_every",
-                      "train.checkpoint_every", "train.cpu_threads", "energy.workers",
+                      "train.checkpoint_every", "train.cpu_threads", "energy.workers", "model.fast", "model.compile",
                       "sample.smiles", "sample.n", "sample.out", "sample.seed")
 
 
@@ -375,8 +376,8 @@ class EnsembleOptions:
 
 def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=None, device="cpu", relax=False,
                     ensemble: Optional[EnsembleOptions] = None, max_atoms: int = DEFAULT_MAX_ATOMS,
-                    batch_size: int = 64, progress: bool = True) -> None:
-    """Sample n conformers per (SMILES, name) entry and write them to ``out``.
+                    batch_size: int = 64, progress: bool = True, compile: bool = False) -> None:
+    """Sample n conformers per (SMILES, name) entry and write them to ``out`` (compile: see load_sampler).
 
     With ``energy`` each conformer carries its energy (eV) and importance weight; with ``relax`` too,
     the samples are relaxed with ``energy`` and written as an ensemble (``ensemble`` options): valid
@@ -387,7 +388,7 @@ def _sample_to_file(checkpoint, entries, n, out: Path, seed=0, nfe=None, energy=
     from tqdm.auto import tqdm
 
     out = check_output_path(out)
-    sampler = load_sampler(checkpoint, device=device)
+    sampler = load_sampler(checkpoint, device=device, compile=compile)
     for smi, name in entries:  # the atom limit first: building a large torsional graph embeds seeds
         atoms = mol_from_smiles(smi, allow_fragments=sampler.cfg.data.allow_fragments).GetNumAtoms()
         if max_atoms and atoms > max_atoms:
@@ -586,7 +587,7 @@ def cmd_sample(args) -> int:
     try:
         _sample_to_file(checkpoint, entries, args.n, out, seed=args.seed, nfe=args.nfe, energy=energy,
                         device=args.device, relax=relax is not None, ensemble=ensemble, max_atoms=args.max_atoms,
-                        batch_size=args.batch_size, progress=not args.no_progress)
+                        batch_size=args.batch_size, progress=not args.no_progress, compile=args.compile)
     finally:
         if energy is not None:
             energy.close()
@@ -638,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS,
                    help=f"refuse molecules with more atoms, hydrogens included (0: no limit) [{DEFAULT_MAX_ATOMS}]")
     s.add_argument("--batch-size", type=int, default=64, help="conformers integrated at once [64]")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile a torsional sampler's network: about a minute of compilation (needs a C++ "
+                        "compiler), then ~1.6x the conformers/s; worth it for many conformers (ignored for Cartesian samplers)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (on stderr)")
     s.set_defaults(func=cmd_sample)
 

@@ -100,12 +100,15 @@ class Sampler:
         return self.sample_graph(self.graph(smiles), n, seed, nfe)
 
 
-def load_sampler(path: str | Path, device: str = "cpu") -> Sampler:
-    """Load a trained sampler from a checkpoint (weights_only; CheckpointError when unusable)."""
+def load_sampler(path: str | Path, device: str = "cpu", compile: bool = False) -> Sampler:
+    """Load a trained sampler from a checkpoint (weights_only; CheckpointError when unusable).
+    compile: torch.compile a torsional controller's blocks (model.compile; off whatever the run
+    trained with: compilation costs about a minute, worth it only for many conformers)."""
     state = load_checkpoint(path, map_location=device)
     check_format(state, path)
     try:
         cfg = config_from_dict(state["config"])
+        cfg.model.compile = compile and cfg.mode == "torsional"
         model = build_controller(cfg.model, cfg.mode)
         model.load_state_dict(state["model"])
     except (ValueError, RuntimeError, KeyError, TypeError, ConfigError) as exc:

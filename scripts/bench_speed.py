@@ -13,21 +13,26 @@ COM removed; adjoint targets ã: standard normal, COM-free (their values do not 
   SDE step     one controller evaluation v(t = 0.5, X_t) for 2 copies of each molecule (32 systems
                at 16 molecules), no grad.
 EGNN: --layers x --hidden (default 12 x 128, the reference size), elements of the default vocabulary.
-Plain and fast are two EGNNControllers with the same parameters (the fast one loads the plain one's
-state dict); they run interleaved, plain then fast, after one untimed warm-up each. Reported: the
-median of --repeats wall times (time.perf_counter), the ratio plain/fast (> 1: fast is faster).
+Three EGNNControllers with the same parameters (each loads the plain one's state dict): plain (the
+edge-list float32 reference, model.fast=false), fast (model.fast, tiled, float32) and fast bf16
+(model.pair_matmul_dtype=bfloat16). They run interleaved after one untimed warm-up each. Reported:
+the median of --repeats wall times (time.perf_counter), the ratios plain / path (> 1: faster); the
+agreement of each path's output, loss and gradients with plain; and the floor: the time the
+per-pair hidden x hidden matmuls alone take at the rate this process measures for one tile's
+product, in float32 and bfloat16.
 Torsional controller: preset spice-cpu's size (3 blocks, 16 scalars, 4 vectors + 4 pseudovectors,
 radius 5 Å); train step on torsion angles (radians) in the torsion space, SDE step for the same 2
-copies. It has no fast path: its row reports the plain figures only.
+copies. Plain is eager e3nn, fast is model.compile=true (its compilation time is printed and not
+counted in the steps).
 Memory: bytes of the tensors the train step saves for backward (autograd saved-tensor hooks, each
 storage counted once), per path, and the process's peak resident set (resource.getrusage) at the end.
 Sampling: conformers/s of ETKDGv3 and of the Cartesian sampler of preset quick-cartesian (4 x 64,
 untrained: speed does not depend on the weights) with plain and fast path, on the first
 --sample-molecules molecules, -n conformers each, the preset's eval NFE unless --nfe; plus the
-torsional sampler of spice-cpu. Uses bench_sampling's run_etkdg / run_sampler, timed the same way.
+torsional sampler of spice-cpu, eager and compiled (warm-up, which compiles, not counted). Uses bench_sampling's run_etkdg / run_sampler, timed the same way.
 Threads: --threads torch threads (default 1) and ETKDG numThreads.
-torch.compile was tried on the tile function of the no-grad path (inductor, dynamic shapes, torch 2.13):
-32 s of compilation, output equal to 2e-5, the SDE step 7 % faster than eager; not used.
+torch.compile of the EGNN tile function (no-grad path; inductor, dynamic shapes, torch 2.13) was
+tried: 32 s of compilation, output equal to 2e-5, the SDE step 7 % faster than eager; not used.
 """
 from __future__ import annotations
 

@@ -69,3 +69,13 @@ def test_compile_is_a_torsional_option_and_needs_a_compiler(monkeypatch):
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler-xyz",))
     with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
         require_cpp_compiler()
+
+
+def test_load_sampler_compiles_only_when_asked():
+    """A sampler is compiled by `sample --compile` only, whatever its run trained with."""
+    from adjoint_sampling.pretrained import shipped_checkpoint
+    from adjoint_sampling.sampling import load_sampler
+
+    path = shipped_checkpoint()
+    assert not load_sampler(path).model.compile_blocks
+    assert load_sampler(path, compile=True).model.compile_blocks
