@@ -86,7 +86,7 @@ def dense_bonded(graphs: GraphBatch, idx: torch.Tensor, dtype) -> torch.Tensor:
 
 
 def _pair_geometry(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """diff [B, n, n, 3] = x_i − x_j (Å) and d² [B, n, n, 1] (Å²)."""
+    """diff [B, n, n, d] = x_i − x_j (Å) and d² [B, n, n, 1] (Å²)."""
     diff = x.unsqueeze(2) - x.unsqueeze(1)
     return diff, (diff * diff).sum(-1, keepdim=True)
 
@@ -106,7 +106,7 @@ def tiles(b: int, n: int, target: int = PAIR_TILE) -> Iterator[tuple[int, int, i
 
 
 class _Tile:
-    """Geometry of one tile: diff = x_i − x_j [k, r, n, 3] (Å), g = [d², edge_in] [k·r·n, 4] (the
+    """Geometry of one tile: diff = x_i − x_j [k, r, n, d] (Å), g = [d², edge_in] [k·r·n, 4] (the
     input of e_geo), the lifted distance (diagonal d² + 1, so sqrt stays differentiable) and
     unit = diff / (dist + 1), the bounded direction of the coordinate update."""
 
@@ -139,7 +139,7 @@ def _weights(layer: "EGNNLayer") -> tuple[torch.Tensor, ...]:
 
 
 def _tile_forward(P, Q, x, edge_in, weights, rect, need_agg: bool, keep: bool, lowp=None):
-    """One tile of the per-pair work. Returns (dx [k, r, 3], agg [k, r, hidden] or None, saved):
+    """One tile of the per-pair work. Returns (dx [k, r, d], agg [k, r, hidden] or None, saved):
     dx the sum over j of the coordinate shifts and agg the sum over j ≠ i of the messages (means
     are taken by the caller); saved = (pre, z, w, s), the pre-activations and the shift scale,
     when keep. lowp: the dtype of the two hidden x hidden matmuls (None: that of the inputs)."""
@@ -167,7 +167,7 @@ def _tile_forward(P, Q, x, edge_in, weights, rect, need_agg: bool, keep: bool, l
 def _tile_backward(x, edge_in, weights, rect, saved, gdx, gagg, grads, lowp=None):
     """Accumulates the gradients of one tile into ``grads`` (input or parameter name -> tensor;
     only the names present are computed), given gdx and gagg, the gradients of the tile's sums
-    dx [k, r, 3] and agg [k, r, hidden] (or None)."""
+    dx [k, r, d] and agg [k, r, hidden] (or None)."""
     Wg, W2, b2, Wx1, bx1, wx2, bx2 = weights
     b0, b1, i0, i1 = rect
     pre, z, w, s = saved
@@ -202,7 +202,7 @@ def _tile_backward(x, edge_in, weights, rect, saved, gdx, gagg, grads, lowp=None
     # skinny products with the 4 pair features: the transposed forms run 5x faster than gpre.t() @ g
     grads["Wg"] += (tile.g.t() @ gpre).t()
     if "edge_in" in grads:
-        grads["edge_in"][b0:b1, i0:i1] += (Wg[:, 1:].t() @ gpre.t()).t().reshape(k, r, n, 3)
+        grads["edge_in"][b0:b1, i0:i1] += (Wg[:, 1:].t() @ gpre.t()).t().reshape(k, r, n, -1)
     if "x" in grads:
         # unit = diff / (dist + 1), dist = |diff| off the diagonal (where diff = 0 the second term is 0)
         gunit = s.view(k, r, n, 1) * gshift
@@ -219,13 +219,13 @@ _NAMES = ("P", "Q", "x", "edge_in", "Wg", "W2", "b2", "Wx1", "bx1", "wx2", "bx2"
 
 class _PairLayer(torch.autograd.Function):
     """The per-pair part of one layer on a block: means over neighbours of the coordinate shifts
-    (dx [B, n, 3], Å) and of the messages (agg [B, n, hidden]; empty when not needed)."""
+    (dx [B, n, d], Å) and of the messages (agg [B, n, hidden]; empty when not needed)."""
 
     @staticmethod
     def forward(ctx, P, Q, x, edge_in, Wg, W2, b2, Wx1, bx1, wx2, bx2, need_agg: bool, tile: int, lowp=None):
         weights = (Wg, W2, b2, Wx1, bx1, wx2, bx2)
         b, n, hidden = P.shape
-        dx = x.new_empty(b, n, 3)
+        dx = torch.empty_like(x)
         agg = P.new_empty(b, n, hidden if need_agg else 0)
         saved = []
         mm_weights = _cast(weights, lowp)
@@ -253,7 +253,7 @@ class _PairLayer(torch.autograd.Function):
         grads = {k: x.new_zeros(shapes[k]) for k, need in zip(_NAMES, ctx.needs_input_grad) if need}
         for k in _NAMES[4:]:  # the tile loop accumulates into every parameter's gradient
             grads.setdefault(k, x.new_zeros(shapes[k]))
-        gdx = x.new_zeros(b, n, 3) if gdx is None else gdx / ctx.denom
+        gdx = torch.zeros_like(x) if gdx is None else gdx / ctx.denom
         gagg = gagg / ctx.denom if (ctx.need_agg and gagg is not None) else None
         mm_weights = _cast(weights, ctx.lowp)
         for t, rect in enumerate(tiles(b, n, ctx.tile)):
@@ -275,15 +275,15 @@ def _cast(weights: tuple, lowp: Optional[torch.dtype]) -> tuple:
 def pair_means(layer: "EGNNLayer", P: torch.Tensor, Q: torch.Tensor, x: torch.Tensor, edge_in: torch.Tensor,
                need_agg: bool, tile: int = PAIR_TILE, lowp: Optional[torch.dtype] = None
                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Mean coordinate shift dx [B, n, 3] (Å) and mean message agg [B, n, hidden] (None unless
-    need_agg) of one layer. P = e_dst(h), Q = e_src(h) [B, n, hidden]; x [B, n, 3] (Å).
+    """Mean coordinate shift dx [B, n, d] (Å) and mean message agg [B, n, hidden] (None unless
+    need_agg) of one layer. P = e_dst(h), Q = e_src(h) [B, n, hidden]; x [B, n, d] (Å; d = 3, or 2 for planar synthetic systems).
     lowp: dtype of the per-pair hidden x hidden matmuls (None: the inputs' dtype, exact)."""
     weights = _weights(layer)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (P, Q, x, edge_in, *weights)):
         dx, agg = _PairLayer.apply(P, Q, x, edge_in, *weights, need_agg, tile, lowp)
         return dx, (agg if need_agg else None)
     b, n, hidden = P.shape
-    dx = x.new_empty(b, n, 3)
+    dx = torch.empty_like(x)
     agg = P.new_empty(b, n, hidden) if need_agg else None
     mm_weights = _cast(weights, lowp)
     for rect in tiles(b, n, tile):
@@ -298,7 +298,7 @@ def pair_means(layer: "EGNNLayer", P: torch.Tensor, Q: torch.Tensor, x: torch.Te
 
 def dense_layer(layer: "EGNNLayer", h: torch.Tensor, x: torch.Tensor, edge_in: torch.Tensor,
                 tile: int = PAIR_TILE, lowp: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """EGNNLayer.forward on one block: h [B, n, hidden], x [B, n, 3] (Å), edge_in [B, n, n, 3] the
+    """EGNNLayer.forward on one block: h [B, n, hidden], x [B, n, d] (Å), edge_in [B, n, n, 3] the
     input edge features [bonded, 1 − bonded, d²_in (Å²)]."""
     need_agg = layer.phi_h is not None
     dx, agg = pair_means(layer, layer.e_dst(h), layer.e_src(h), x, edge_in, need_agg, tile, lowp)
@@ -310,7 +310,7 @@ def dense_layer(layer: "EGNNLayer", h: torch.Tensor, x: torch.Tensor, edge_in: t
 
 def dense_block(model: "EGNNController", h: torch.Tensor, x: torch.Tensor, bonded: torch.Tensor,
                 tile: int = PAIR_TILE) -> torch.Tensor:
-    """All layers on one block of same-size copies; returns the final positions [B, n, 3] (Å).
+    """All layers on one block of same-size copies; returns the final positions [B, n, d] (Å).
     The per-pair matmuls run in model.pair_matmul_dtype ("float32": the input dtype, exact)."""
     lowp = LOW_PRECISION[model.pair_matmul_dtype]
     _, d2_in = _pair_geometry(x)
@@ -324,7 +324,7 @@ def dense_block(model: "EGNNController", h: torch.Tensor, x: torch.Tensor, bonde
 
 def dense_forward(model: "EGNNController", t: torch.Tensor, x: torch.Tensor, graphs: GraphBatch,
                   tile: int = PAIR_TILE) -> torch.Tensor:
-    """EGNNController.forward computed block by block (see module docstring). x [N, 3] Å -> v [N, 3]."""
+    """EGNNController.forward computed block by block (see module docstring). x [N, d] Å -> v [N, d]."""
     n = x.shape[0]
     if t.dim() == 0 or t.numel() == 1:
         t = t.reshape(1).expand(n)

@@ -111,10 +111,10 @@ def test_tiles_cover_every_pair_once():
         assert (seen == 1).all(), (b, n, target)
 
 
-@pytest.mark.parametrize("tile", [7, 25, 2048])  # row slices of a copy, whole copies, one tile
-def test_tiled_pair_layer_gradcheck(tile):
+@pytest.mark.parametrize("tile,dim", [(7, 3), (25, 3), (2048, 3), (7, 2)])  # row slices, whole copies, one tile; 2-D (DW-4)
+def test_tiled_pair_layer_gradcheck(tile, dim):
     """The hand-written backward of the tiled pair layer against finite differences (float64):
-    every input (node projections, positions, edge features) and every parameter."""
+    every input (node projections, positions in `dim` dimensions, edge features) and every parameter."""
     from adjoint_sampling.dense_egnn import _PairLayer, _weights
     torch.manual_seed(0)
     fast = EGNNController(len(DEFAULT_ELEMENTS), hidden=6, layers=2).double()
@@ -124,7 +124,7 @@ def test_tiled_pair_layer_gradcheck(tile):
     gen = torch.Generator().manual_seed(2)
     inputs = [torch.randn(b, n, hidden, generator=gen, dtype=torch.float64),
               torch.randn(b, n, hidden, generator=gen, dtype=torch.float64),
-              1.5 * torch.randn(b, n, 3, generator=gen, dtype=torch.float64),
+              1.5 * torch.randn(b, n, dim, generator=gen, dtype=torch.float64),
               torch.rand(b, n, n, 3, generator=gen, dtype=torch.float64)]
     weights = [w.detach().clone() for w in _weights(fast.layers[0])]
     args = [t.requires_grad_() for t in inputs + weights]
