@@ -214,6 +214,26 @@ def _tile_backward(x, edge_in, weights, rect, saved, gdx, gagg, grads, lowp=None
         grads["x"][b0:b1] -= gdiff.sum(1)
 
 
+def _tile_means(P, Q, x, edge_in, weights, need_agg: bool, tile: int, keep: bool, lowp):
+    """The tile loop of one layer's forward: (dx [B, n, d], agg [B, n, hidden or 0], saved per tile
+    when keep); means over neighbours, an isolated atom (n = 1) getting 0 like scatter-mean."""
+    b, n, hidden = P.shape
+    dx = torch.empty_like(x)
+    agg = P.new_empty(b, n, hidden if need_agg else 0)
+    saved = []
+    mm_weights = _cast(weights, lowp)
+    for rect in tiles(b, n, tile):
+        b0, b1, i0, i1 = rect
+        dx_t, agg_t, keep_t = _tile_forward(P, Q, x, edge_in, mm_weights, rect, need_agg, keep, lowp)
+        dx[b0:b1, i0:i1] = dx_t
+        if need_agg:
+            agg[b0:b1, i0:i1] = agg_t
+        if keep:
+            saved.extend(keep_t)
+    denom = max(n - 1, 1)
+    return dx / denom, agg / denom, saved
+
+
 _NAMES = ("P", "Q", "x", "edge_in", "Wg", "W2", "b2", "Wx1", "bx1", "wx2", "bx2")
 
 
@@ -224,23 +244,12 @@ class _PairLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, P, Q, x, edge_in, Wg, W2, b2, Wx1, bx1, wx2, bx2, need_agg: bool, tile: int, lowp=None):
         weights = (Wg, W2, b2, Wx1, bx1, wx2, bx2)
-        b, n, hidden = P.shape
-        dx = torch.empty_like(x)
-        agg = P.new_empty(b, n, hidden if need_agg else 0)
-        saved = []
-        mm_weights = _cast(weights, lowp)
-        for rect in tiles(b, n, tile):
-            b0, b1, i0, i1 = rect
-            dx_t, agg_t, keep_t = _tile_forward(P, Q, x, edge_in, mm_weights, rect, need_agg, True, lowp)
-            dx[b0:b1, i0:i1] = dx_t
-            if need_agg:
-                agg[b0:b1, i0:i1] = agg_t
-            saved.extend(keep_t)
-        denom = max(n - 1, 1)  # an isolated atom (n = 1) gets 0, like scatter-mean
-        ctx.need_agg, ctx.tile, ctx.denom, ctx.shape, ctx.lowp = need_agg, tile, denom, (b, n), lowp
+        b, n, _ = P.shape
+        dx, agg, saved = _tile_means(P, Q, x, edge_in, weights, need_agg, tile, True, lowp)
+        ctx.need_agg, ctx.tile, ctx.denom, ctx.shape, ctx.lowp = need_agg, tile, max(n - 1, 1), (b, n), lowp
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, edge_in, *weights, *saved)
-        return dx / denom, agg / denom
+        return dx, agg
 
     @staticmethod
     def backward(ctx, gdx, gagg):
@@ -276,24 +285,15 @@ def pair_means(layer: "EGNNLayer", P: torch.Tensor, Q: torch.Tensor, x: torch.Te
                need_agg: bool, tile: int = PAIR_TILE, lowp: Optional[torch.dtype] = None
                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Mean coordinate shift dx [B, n, d] (Å) and mean message agg [B, n, hidden] (None unless
-    need_agg) of one layer. P = e_dst(h), Q = e_src(h) [B, n, hidden]; x [B, n, d] (Å; d = 3, or 2 for planar synthetic systems).
+    need_agg) of one layer. P = e_dst(h), Q = e_src(h) [B, n, hidden]; x [B, n, d] (Å; d = 3, or 2
+    for planar synthetic systems).
     lowp: dtype of the per-pair hidden x hidden matmuls (None: the inputs' dtype, exact)."""
     weights = _weights(layer)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (P, Q, x, edge_in, *weights)):
         dx, agg = _PairLayer.apply(P, Q, x, edge_in, *weights, need_agg, tile, lowp)
         return dx, (agg if need_agg else None)
-    b, n, hidden = P.shape
-    dx = torch.empty_like(x)
-    agg = P.new_empty(b, n, hidden) if need_agg else None
-    mm_weights = _cast(weights, lowp)
-    for rect in tiles(b, n, tile):
-        b0, b1, i0, i1 = rect
-        dx_t, agg_t, _ = _tile_forward(P, Q, x, edge_in, mm_weights, rect, need_agg, False, lowp)
-        dx[b0:b1, i0:i1] = dx_t
-        if need_agg:
-            agg[b0:b1, i0:i1] = agg_t
-    denom = max(n - 1, 1)
-    return dx / denom, (agg / denom if need_agg else None)
+    dx, agg, _ = _tile_means(P, Q, x, edge_in, weights, need_agg, tile, False, lowp)
+    return dx, (agg if need_agg else None)
 
 
 def dense_layer(layer: "EGNNLayer", h: torch.Tensor, x: torch.Tensor, edge_in: torch.Tensor,
