@@ -170,7 +170,7 @@ def test_bfloat16_pair_matmuls_within_stated_tolerance():
     (l_ref, v_ref, g_ref), (l_low, v_low, g_low) = out
     assert abs(l_low - l_ref) / l_ref <= 1e-2
     rel_v = ((v_low - v_ref).abs().max() / v_ref.abs().max()).item()
-    assert 0 < rel_v <= 5e-2
+    assert 1e-3 < rel_v <= 5e-2  # float32 paths differ by <= 1e-4 (test above)
     for name, g in g_ref.items():
         assert (g_low[name] - g).norm() <= 1e-1 * g.norm(), name
 
