@@ -640,8 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"refuse molecules with more atoms, hydrogens included (0: no limit) [{DEFAULT_MAX_ATOMS}]")
     s.add_argument("--batch-size", type=int, default=64, help="conformers integrated at once [64]")
     s.add_argument("--compile", action="store_true",
-                   help="torch.compile a torsional sampler's network: about a minute of compilation (needs a C++ "
-                        "compiler), then ~1.6x the conformers/s; worth it for many conformers (ignored for Cartesian samplers)")
+                   help="torch.compile a torsional sampler's network: up to a minute of compilation (needs a C++ "
+                        "compiler), then ~1.7x the conformers/s; worth it for many conformers (ignored for Cartesian samplers)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (on stderr)")
     s.set_defaults(func=cmd_sample)
 

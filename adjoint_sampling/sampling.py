@@ -103,7 +103,7 @@ class Sampler:
 def load_sampler(path: str | Path, device: str = "cpu", compile: bool = False) -> Sampler:
     """Load a trained sampler from a checkpoint (weights_only; CheckpointError when unusable).
     compile: torch.compile a torsional controller's blocks (model.compile; off whatever the run
-    trained with: compilation costs about a minute, worth it only for many conformers)."""
+    trained with: compilation takes up to a minute, worth it only for many conformers)."""
     state = load_checkpoint(path, map_location=device)
     check_format(state, path)
     try:

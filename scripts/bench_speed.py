@@ -32,7 +32,7 @@ untrained: speed does not depend on the weights) with plain and fast path, on th
 torsional sampler of spice-cpu, eager and compiled (warm-up, which compiles, not counted). Uses bench_sampling's run_etkdg / run_sampler, timed the same way.
 Threads: --threads torch threads (default 1) and ETKDG numThreads.
 torch.compile of the EGNN tile function (no-grad path; inductor, dynamic shapes, torch 2.13) was
-tried: 32 s of compilation, output equal to 2e-5, the SDE step 7 % faster than eager; not used.
+tried outside this script: slow to compile, hardly faster than eager; not used, so not timed here.
 """
 from __future__ import annotations
 
